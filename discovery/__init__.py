@@ -1,0 +1,1 @@
+"""pacs-discovery's core: no Celery imports. See README.md for the architecture."""

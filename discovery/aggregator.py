@@ -1,0 +1,127 @@
+"""The aggregator's logic, without Celery: register runs, record results, split, finish, resume,
+and the watchdog. ``dispatch(run_id, keys)`` is injected (the Celery task sends query tasks).
+
+It runs in one process (the ``results`` worker with concurrency 1), so the ledger has a single
+writer. Everything it does is idempotent: a register, a result or a control message delivered
+twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import redis
+
+from discovery import status
+from discovery.finalize import finish_run
+from discovery.ledger import Ledger
+from discovery.windows import day_span, parse_key, plan, sweeps
+
+log = logging.getLogger("discovery.aggregator")
+Dispatch = Callable[[str, list[str]], None]
+
+
+def planned_windows(params: dict) -> list:
+    """The windows (and day sweeps) a run's parameters define; the producer uses the same."""
+    start = datetime.fromisoformat(params["start"])
+    end = datetime.fromisoformat(params["end"])
+    windows = plan(start, end, int(params["window_minutes"]))
+    return windows + (sweeps(windows) if params.get("day_sweep", True) else [])
+
+
+class Aggregator:
+    def __init__(self, ledger: Ledger, client: redis.Redis, dispatch: Dispatch) -> None:
+        self.ledger, self.client, self.dispatch = ledger, client, dispatch
+
+    def publish(self, run_id: str, **extra: object) -> None:
+        run = self.ledger.run(run_id)
+        if run is None:
+            status.publish(self.client, run_id, {"state": "unknown", **extra})
+            return
+        fields = {"state": run["state"], **self.ledger.progress(run_id), **extra,
+                  "created": run["created"], "updated": time.time()}
+        if run["summary"]:
+            fields["summary"] = run["summary"]
+        stop = status.stopped(self.client, run_id)
+        if stop and run["state"] != "finished":
+            fields["state"], fields["message"] = "stopped", stop
+        status.publish(self.client, run_id, fields)
+
+    def register(self, run_id: str, params: dict) -> None:
+        windows = planned_windows(params)
+        if self.ledger.create_run(run_id, params, windows):
+            log.info("run %s registered: %d windows and sweeps", run_id, len(windows))
+        self.publish(run_id)
+
+    def record(self, run_id: str, key: str, outcome: dict, final: bool) -> bool:
+        """Apply a result; ``False`` when the run is not known (yet)."""
+        run = self.ledger.run(run_id)
+        if run is None:
+            return False
+        params = run["params"]
+        w = parse_key(key)
+        span = None
+        if w.is_sweep:
+            span = day_span(datetime.fromisoformat(params["start"]),
+                            datetime.fromisoformat(params["end"]), w.day)
+        rec = self.ledger.record(run_id, key, outcome, final=final, day_span=span)
+        if rec.dispatch:
+            self.dispatch(run_id, rec.dispatch)
+        if rec.finished and rec.accepted:
+            self.finish(run_id)
+        else:
+            self.publish(run_id)
+        return True
+
+    def finish(self, run_id: str) -> dict:
+        summary = finish_run(self.ledger, run_id)
+        log.info("run %s finished: %s, %d studies, %d windows failed, %d incomplete",
+                 run_id, summary["verdict"], summary["studies"], summary["windows_failed"],
+                 summary["windows_incomplete"])
+        self.publish(run_id)
+        return summary
+
+    def control(self, action: str, run_id: str, nonce: str) -> None:
+        """``status``, ``resume`` or ``retry_failed``; answers by publishing ``ack=nonce``."""
+        run = self.ledger.run(run_id)
+        if run is None:
+            self.publish(run_id, ack=nonce)
+            return
+        if action in ("resume", "retry_failed"):
+            status.clear_stop(self.client, run_id)
+            keys = self.ledger.reset_failed(run_id) if action == "retry_failed" else []
+            open_keys = self.ledger.open_windows(run_id)
+            if open_keys:
+                self.ledger.reopen(run_id)
+                self.ledger.mark_dispatched(run_id, open_keys)
+                self.dispatch(run_id, open_keys)
+                log.info("run %s: %s re-dispatched %d windows (%d were failed)",
+                         run_id, action, len(open_keys), len(keys))
+            elif run["state"] != "finished":
+                self.finish(run_id)
+        self.publish(run_id, ack=nonce)
+
+    def watchdog(self, redispatch_after: float, queue_len: Callable[[], int]) -> int:
+        """Re-dispatch windows dispatched long ago and never reported, once nothing waits in
+        the queries queue (so they are lost, not queued); finish runs that are done; mirror
+        progress again (after a Redis flush). Returns the number re-dispatched."""
+        total = 0
+        for run_id in self.ledger.runs_with_open_windows():
+            if status.stopped(self.client, run_id):
+                self.publish(run_id)
+                continue
+            overdue = self.ledger.open_windows(run_id, older_than=time.time() - redispatch_after)
+            if overdue and queue_len() == 0:
+                self.ledger.mark_dispatched(run_id, overdue)
+                self.dispatch(run_id, overdue)
+                total += len(overdue)
+                log.warning("run %s: watchdog re-dispatched %d overdue windows",
+                            run_id, len(overdue))
+            self.publish(run_id)
+        for run_id in self.ledger.unfinished_runs():
+            if not self.ledger.open_windows(run_id):
+                self.finish(run_id)
+        return total

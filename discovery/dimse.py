@@ -1,0 +1,255 @@
+"""The only module that talks DICOM on the network: associate, C-ECHO, C-FIND, release/abort.
+
+:class:`PacsConnection` owns one association's life cycle. It can serve several queries in a
+row (one association for many windows) and always releases, or aborts on error. Failures are
+classified into :class:`~discovery.errors.PermanentError` (fix a setting) and
+:class:`~discovery.errors.TransientError` (try again later); nothing here retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pydicom import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+from discovery.errors import PermanentError, TransientError
+from discovery.windows import Window
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
+    from discovery.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# pynetdicom logs every response identifier at INFO by default, patient data included, and
+# converts its raw elements while doing so (before we can decode them with their character
+# set). Neither is wanted.
+_config.LOG_RESPONSE_IDENTIFIERS = False
+_config.LOG_REQUEST_IDENTIFIERS = False
+FIND = StudyRootQueryRetrieveInformationModelFind
+
+PENDING = (0xFF00, 0xFF01)
+SUCCESS = 0x0000
+CANCEL = 0xFE00
+
+# Reject reasons for source 1, "DICOM UL service-user" (PS3.8 Table 9-21).
+_USER_REASONS = {
+    1: "no reason given",
+    2: "application context name not supported",
+    3: "calling AE title not recognized: set DISCOVERY_CALLING_AET to an AE title the PACS knows",
+    7: "called AE title not recognized: set DISCOVERY_CALLED_AET to the PACS's AE title",
+}
+
+
+@dataclass
+class FindResult:
+    """What one C-FIND returned: the identifiers of its Pending responses and its final status.
+
+    ``status`` is ``None`` when no final response came (DIMSE timeout, A-ABORT, dropped
+    connection): pynetdicom yields an empty status then (``send_c_find`` docstring).
+    """
+
+    rows: list[Dataset] = field(default_factory=list)
+    undecodable: int = 0
+    status: int | None = None
+    cancelled: bool = False
+    error: str | None = None
+
+
+def study_query(window: Window) -> Dataset:
+    """The STUDY-level identifier for one window (PS3.4 C.6.2.1): the matching keys StudyDate
+    (single value) and StudyTime (range, or universal for the day sweep) and the return keys
+    of the six CSV columns."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.StudyDate = window.study_date()
+    ds.StudyTime = window.study_time()
+    ds.AccessionNumber = ""
+    ds.PatientID = ""
+    ds.StudyInstanceUID = ""
+    ds.StudyDescription = ""
+    return ds
+
+
+def _tls_context(settings: Settings) -> tuple[ssl.SSLContext, str] | None:
+    if not settings.tls_enabled:
+        return None
+    try:
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None,
+        )
+        ctx.check_hostname = settings.tls_check_hostname
+        if not settings.tls_check_hostname and not settings.tls_ca_file:
+            ctx.verify_mode = ssl.CERT_NONE
+        if settings.tls_cert_file:
+            ctx.load_cert_chain(str(settings.tls_cert_file), str(settings.tls_key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise PermanentError(f"TLS files cannot be loaded ({exc}): check DISCOVERY_TLS_*") from None
+    return ctx, settings.pacs_host
+
+
+def _set_nodelay(event: evt.Event) -> None:
+    """Send each PDU at once: without TCP_NODELAY, Nagle's algorithm and a DCMTK peer's
+    delayed ACK cost about 40 ms per C-FIND."""
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # pragma: no cover - socket already gone
+        pass
+
+
+class PacsConnection:
+    """One association to the PACS, opened lazily, reusable for several queries."""
+
+    def __init__(self, settings: Settings, contexts: tuple[str, ...] = (FIND,)) -> None:
+        self.settings = settings
+        self._contexts = contexts
+        self.assoc: Association | None = None
+        self.queries = 0
+
+    def __enter__(self) -> PacsConnection:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close(abort=exc is not None)
+
+    @property
+    def is_open(self) -> bool:
+        return self.assoc is not None and self.assoc.is_established
+
+    def open(self) -> None:
+        """Associate, classifying every failure (PS3.8 9.3.4 for rejections)."""
+        if self.is_open:
+            return
+        s = self.settings
+        ae = AE(ae_title=s.calling_aet)
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        ae.connection_timeout = s.connect_timeout
+        for uid in self._contexts:
+            ae.add_requested_context(uid)
+        handlers = [(evt.EVT_CONN_OPEN, _set_nodelay)] if s.tcp_nodelay else []
+        tls = _tls_context(s)
+        try:
+            assoc = ae.associate(
+                s.pacs_host, s.pacs_port, ae_title=s.called_aet, tls_args=tls, evt_handlers=handlers
+            )
+        except (OSError, ssl.SSLError) as exc:  # pragma: no cover - pynetdicom catches most
+            raise TransientError(f"cannot connect to {s.pacs_label}: {exc}") from None
+        if assoc.is_established:
+            if not any(cx.abstract_syntax in self._contexts for cx in assoc.accepted_contexts):
+                assoc.abort()
+                raise PermanentError(
+                    f"{s.pacs_label} accepted the association but not Study Root C-FIND: "
+                    "allow Query/Retrieve for DISCOVERY_CALLING_AET on the PACS"
+                )
+            self.assoc = assoc
+            return
+        raise self._classify_failure(assoc)
+
+    def _classify_failure(self, assoc: Association) -> Exception:
+        s = self.settings
+        rsp = assoc.acceptor.primitive
+        if assoc.is_rejected and rsp is not None:
+            result, source, reason = rsp.result, rsp.result_source, rsp.diagnostic
+            if result == 0x01 and source == 0x01 and reason in (2, 3, 7):
+                return PermanentError(
+                    f"{s.pacs_label} rejected the association: {_USER_REASONS[reason]}"
+                )
+            return TransientError(
+                f"{s.pacs_label} rejected the association ({rsp.result_str}, {rsp.source_str}, "
+                f"{rsp.reason_str})"
+            )
+        if rsp is None:
+            return TransientError(
+                f"cannot connect to {s.pacs_label}: {_why_no_connection(s)}; "
+                "check DISCOVERY_PACS_HOST and DISCOVERY_PACS_PORT"
+                + (" and the DISCOVERY_TLS_* settings" if s.tls_enabled else "")
+            )
+        return TransientError(f"{s.pacs_label} aborted the association request")
+
+    def echo(self) -> int | None:
+        """C-ECHO (PS3.7 9.1.5); the status, or ``None`` when none came."""
+        assert self.assoc is not None
+        status = self.assoc.send_c_echo()
+        return int(status.Status) if "Status" in status else None
+
+    def find(self, identifier: Dataset, max_rows: int = 0) -> FindResult:
+        """C-FIND at STUDY level (PS3.4 C.4.1). Pending 0xFF00/0xFF01 are rows; any final
+        response ends it. With ``max_rows`` we send C-CANCEL once more rows than that came."""
+        if not self.is_open:
+            self.open()
+        assert self.assoc is not None
+        self.queries += 1
+        result = FindResult()
+        cx_id = next(
+            cx.context_id for cx in self.assoc.accepted_contexts if cx.abstract_syntax == FIND
+        )
+        msg_id = self.queries % 65535 or 1
+        try:
+            for status, ident in self.assoc.send_c_find(identifier, FIND, msg_id=msg_id):
+                if status is None or "Status" not in status:
+                    result.error = "no response from the PACS (timeout or aborted association)"
+                    break
+                code = int(status.Status)
+                if code in PENDING:
+                    if ident is None:  # pynetdicom could not decode the identifier at all
+                        result.undecodable += 1
+                        continue
+                    result.rows.append(ident)
+                    if max_rows and len(result.rows) > max_rows and not result.cancelled:
+                        self.assoc.send_c_cancel(msg_id, cx_id)
+                        result.cancelled = True
+                    continue
+                result.status = code
+        except (OSError, RuntimeError, ValueError) as exc:
+            result.error = f"C-FIND failed: {exc}"
+        if result.status is None:
+            self.close(abort=True)
+        return result
+
+    def close(self, abort: bool = False) -> None:
+        """Release the association (A-RELEASE), or abort it after an error."""
+        assoc, self.assoc = self.assoc, None
+        if assoc is None:
+            return
+        try:
+            if abort or not assoc.is_established:
+                assoc.abort()
+            else:
+                assoc.release()
+        except Exception:  # pragma: no cover - the peer is gone already
+            log.debug("closing the association failed", exc_info=True)
+
+
+def _why_no_connection(s: Settings) -> str:
+    """Tell refused, unreachable and timed out apart with one plain TCP connect."""
+    start = time.monotonic()
+    try:
+        with socket.create_connection((s.pacs_host, s.pacs_port), timeout=s.connect_timeout):
+            pass
+    except socket.gaierror:
+        return f"host name {s.pacs_host!r} does not resolve"
+    except ConnectionRefusedError:
+        return "connection refused (nothing listens there)"
+    except TimeoutError:
+        return f"no answer within {s.connect_timeout:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if s.tls_enabled:
+        return "the TLS handshake failed (certificate or protocol mismatch)"
+    waited = time.monotonic() - start
+    return f"the port accepts connections but no DICOM association answer came ({waited:.1f} s)"

@@ -1,0 +1,98 @@
+"""The end of a run: verdict, CSV, coverage report and the summary the producer prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from discovery import report
+from discovery.ledger import Ledger
+from discovery.outcome import status_text
+from discovery.windows import parse_key
+
+
+def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str]) -> dict:
+    """The JSON coverage report: parameters, every window, per-day totals, anomalies."""
+    run = ledger.run(run_id)
+    assert run is not None
+    windows = []
+    sweeps: dict[str, dict] = {}
+    uncovered = []
+    for key, parent, sweep, state, rows, studies, attempts, status, error, seconds in \
+            ledger.windows(run_id):
+        w = parse_key(key)
+        entry = {
+            "key": key, "range": w.label(), "date": w.day.isoformat(), "parent": parent,
+            "status": state, "rows": rows, "studies": studies, "attempts": attempts,
+            "final_status": status_text(status), "error": error, "seconds": seconds,
+        }
+        if sweep:
+            sweeps[w.day.isoformat()] = entry
+        else:
+            windows.append(entry)
+        if state in ("incomplete", "failed", "dispatched"):
+            uncovered.append({"range": w.label(), "status": state, "error": error})
+    days = []
+    for day, count, sweep_only in ledger.per_day(run_id):
+        iso = f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 else day
+        sw = sweeps.get(iso)
+        days.append({
+            "date": iso, "studies": count, "found_only_by_day_sweep": sweep_only or 0,
+            "reconciliation": _reconciliation(sw, run["params"].get("day_sweep", True)),
+        })
+    for iso, sw in sorted(sweeps.items()):
+        if not any(d["date"] == iso for d in days):
+            days.append({"date": iso, "studies": 0, "found_only_by_day_sweep": 0,
+                         "reconciliation": _reconciliation(sw, True)})
+    days.sort(key=lambda d: d["date"])
+    progress = ledger.progress(run_id)
+    return {
+        "run_id": run_id,
+        "parameters": run["params"],
+        "verdict": verdict,
+        "reasons": reasons,
+        "totals": {**progress, "day_sweeps": len(sweeps),
+                   "days_not_reconciled": sum(1 for s in sweeps.values()
+                                              if s["status"] != "done")},
+        "anomalies": ledger.anomalies(run_id),
+        "patient_id_conflicts": ledger.conflict_uids(run_id),
+        "uncovered": uncovered,
+        "days": days,
+        "day_sweeps": list(sweeps.values()),
+        "windows": windows,
+    }
+
+
+def _reconciliation(sweep: dict | None, enabled: bool) -> str:
+    if not enabled:
+        return "off"
+    if sweep is None:
+        return "none"
+    return {"done": "reconciled", "dispatched": "pending"}.get(
+        sweep["status"], f"not reconciled ({sweep['status']}, status {sweep['final_status']})"
+    )
+
+
+def finish_run(ledger: Ledger, run_id: str) -> dict:
+    """Write the CSV (or the ``.incomplete`` one), the coverage report; return the summary."""
+    run = ledger.run(run_id)
+    assert run is not None
+    params = run["params"]
+    progress = ledger.progress(run_id)
+    verdict, reasons = report.verdict(progress, params.get("day_sweep", True))
+    paths = report.output_paths(Path(params["output"]), verdict)
+    written = report.write_csv(paths["csv"], ledger.studies(run_id, params["all_studies"]))
+    if params.get("excel_safe"):
+        report.write_excel_csv(paths["excel"], ledger.studies(run_id, params["all_studies"]))
+    cov = coverage(ledger, run_id, verdict, reasons)
+    report.write_json(paths["report"], cov)
+    summary = {
+        "verdict": verdict, "reasons": reasons, "csv": str(paths["csv"]),
+        "csv_rows": written, "report": str(paths["report"]),
+        "excel": str(paths["excel"]) if params.get("excel_safe") else None,
+        "anomalies": cov["anomalies"],
+        "days_not_reconciled": cov["totals"]["days_not_reconciled"],
+        "uncovered": [u["range"] for u in cov["uncovered"]][:20],
+        **progress,
+    }
+    ledger.finish(run_id, summary)
+    return summary

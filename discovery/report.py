@@ -1,0 +1,122 @@
+"""CSV and coverage report writers, and the run's verdict.
+
+The CSV holds patient data: it is written to a temporary file beside the target, made readable
+by owner and group only, then renamed, so no reader ever sees half a file. A run whose verdict
+is not ``complete`` never writes to the output path itself, only to ``<stem>.incomplete.csv``,
+so nothing at the output path looks complete when it is not.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+HEADER = ["Accession Number", "Study Date", "Study Time", "Patient ID", "Study UID",
+          "Study Description"]
+COMPLETE = "complete"
+INCOMPLETE = "incomplete"
+NO_DESCRIPTION = "no_description"
+_EXCEL_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _atomic_write(path: Path, write, *, encoding: str = "utf-8") -> None:  # type: ignore[no-untyped-def]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_csv(path: Path, rows: Iterable[tuple[str, ...]]) -> int:
+    """RFC 4180 CSV (``newline=''``, minimal quoting), UTF-8, byte-faithful values."""
+    count = 0
+
+    def write(fh) -> None:  # type: ignore[no-untyped-def]
+        nonlocal count
+        out = csv.writer(fh, lineterminator="\r\n")
+        out.writerow(HEADER)
+        for row in rows:
+            out.writerow(row)
+            count += 1
+
+    _atomic_write(Path(path), write)
+    return count
+
+
+def excel_cell(value: str) -> str:
+    """Neutralise spreadsheet formulas (CSV injection): prefix a single quote."""
+    return "'" + value if value.startswith(_EXCEL_TRIGGERS) else value
+
+
+def write_excel_csv(path: Path, rows: Iterable[tuple[str, ...]]) -> int:
+    """A second file for spreadsheets: UTF-8 with BOM, formula-looking cells quoted."""
+    return write_csv_encoded(path, ((excel_cell(v) for v in row) for row in rows), "utf-8-sig")
+
+
+def write_csv_encoded(path: Path, rows: Iterable[Iterable[str]], encoding: str) -> int:
+    count = 0
+
+    def write(fh) -> None:  # type: ignore[no-untyped-def]
+        nonlocal count
+        out = csv.writer(fh, lineterminator="\r\n")
+        out.writerow(HEADER)
+        for row in rows:
+            out.writerow(list(row))
+            count += 1
+
+    _atomic_write(Path(path), write, encoding=encoding)
+    return count
+
+
+def write_json(path: Path, data: dict) -> None:
+    _atomic_write(Path(path), lambda fh: json.dump(data, fh, indent=2, sort_keys=True))
+
+
+def output_paths(output: Path, verdict: str) -> dict[str, Path]:
+    """Where the CSV, its spreadsheet twin and the coverage report go for this verdict."""
+    output = Path(output)
+    stem = output.with_suffix("") if output.suffix else output
+    csv_path = output if verdict == COMPLETE else Path(f"{stem}.incomplete{output.suffix or '.csv'}")
+    return {
+        "csv": csv_path,
+        "excel": Path(f"{csv_path.with_suffix('')}.excel.csv"),
+        "report": Path(f"{stem}.coverage.json"),
+    }
+
+
+def verdict(progress: dict, day_sweep: bool) -> tuple[str, list[str]]:
+    """``complete``, ``incomplete`` or ``no_description``, with the reasons in plain words."""
+    reasons = []
+    if progress["windows_failed"]:
+        reasons.append(f"{progress['windows_failed']} window(s) failed after every attempt")
+    if progress["windows_incomplete"]:
+        reasons.append(
+            f"{progress['windows_incomplete']} window(s) or day sweep(s) could not be covered "
+            "(truncated or refused even at the smallest window)"
+        )
+    if progress["windows_open"]:
+        reasons.append(f"{progress['windows_open']} window(s) never reported")
+    if reasons:
+        return INCOMPLETE, reasons
+    if progress["studies"] and not progress["description_returned"]:
+        return NO_DESCRIPTION, [
+            "the PACS never returned the Study Description attribute, so no study can be "
+            "judged as lacking one; ask the PACS vendor, or use --all-studies for the inventory"
+        ]
+    notes = []
+    if not day_sweep:
+        notes.append("day sweep off (DISCOVERY_DAY_SWEEP=false): studies without a readable "
+                     "StudyTime were not searched for")
+    return COMPLETE, notes

@@ -1,0 +1,175 @@
+"""Settings: one typed object, read from the environment (prefix ``DISCOVERY_``) and ``.env``.
+
+Every field is documented in ``.env.example`` with its default. An invalid value stops the
+program with one line naming the variable (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "DISCOVERY_"
+
+
+class SettingsError(Exception):
+    """A setting has an invalid value; the message names the variable and what is wrong."""
+
+
+def validate_ae_title(value: str) -> str:
+    """An AE title (PS3.5 6.2, VR AE): 1-16 characters, no backslash, no control characters."""
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("must not be empty")
+    if len(stripped) > 16:
+        raise ValueError(f"is {len(stripped)} characters long; an AE title has at most 16")
+    if "\\" in stripped or any(ord(c) < 32 or ord(c) == 127 for c in stripped):
+        raise ValueError("must not contain a backslash or control characters")
+    return stripped
+
+
+class Settings(BaseSettings):
+    """Everything pacs-discovery can be told; DICOM's own words where DICOM has one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # The PACS
+    pacs_host: str = "127.0.0.1"
+    pacs_port: int = Field(104, ge=1, le=65535)
+    called_aet: str = "ANY-SCP"
+    calling_aet: str = "PACS-DISCOVERY"
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(120.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    pacs_max_results: int = Field(0, ge=0)
+    pacs_max_associations: int = Field(2, ge=1, le=256)
+    pacs_max_queries_per_second: float = Field(0.0, ge=0)
+    tcp_nodelay: bool = True
+
+    # DICOM TLS
+    tls_enabled: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_check_hostname: bool = True
+
+    # The broker and the aggregator's store
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    state_dir: Path = Path("state")
+    output: Path = Path("dicom_query_results.csv")
+
+    # How the range is cut and checked
+    window_minutes: int = Field(60, ge=1, le=1440)
+    day_sweep: bool = True
+    day_sweep_max_results: int = Field(10000, ge=1)
+
+    # Retries and the watchdog
+    max_attempts: int = Field(6, ge=1, le=100)
+    retry_backoff: float = Field(2.0, gt=0)
+    retry_backoff_max: float = Field(60.0, gt=0)
+    redispatch_after: float = Field(600.0, ge=1)
+    visibility_timeout: int = Field(7200, ge=60)
+    watchdog_interval: float = Field(30.0, ge=1)
+    association_lease: float = Field(300.0, ge=5)
+
+    # Logs
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("called_aet", "calling_aet")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss"):
+            raise ValueError(f"must be a redis:// or rediss:// URL, not {scheme or 'no scheme'}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Settings:
+        if self.tls_enabled:
+            for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+                path = getattr(self, name)
+                if path is not None and not Path(path).is_file():
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()}: no such file: {path}")
+            if (self.tls_cert_file is None) != (self.tls_key_file is None):
+                raise ValueError(
+                    f"{ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE go together"
+                )
+        return self
+
+    @property
+    def pacs_label(self) -> str:
+        """Where queries go, for logs and reports: ``AET@host:port``."""
+        return f"{self.called_aet}@{self.pacs_host}:{self.pacs_port}"
+
+    def masked(self) -> dict[str, object]:
+        """The effective settings with secrets masked, for logs and reports."""
+        data = self.model_dump(mode="json")
+        data["broker_url"] = mask_url(self.broker_url)
+        return data
+
+
+def mask_url(url: str) -> str:
+    """``redis://:secret@host/0`` -> ``redis://:***@host/0``; URLs without a password unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+_PASSWORD_IN_URL = re.compile(r"(\w+://[^:/@\s]*:)([^@\s]+)(@)")
+
+
+def mask_secrets(text: str) -> str:
+    """Mask any ``scheme://user:password@`` found inside free text (error messages)."""
+    return _PASSWORD_IN_URL.sub(r"\1***\3", text)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line: the first invalid variable and what is wrong with it."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if loc:
+        var = ENV_PREFIX + loc[0].upper()
+        value = err.get("input")
+        shown = "" if "password" in var.lower() or "url" in var.lower() else f" (got {value!r})"
+        return f"{var}: {msg}{shown}"
+    return msg
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, raising :class:`SettingsError` with a one-line message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (workers build them once)."""
+    return load_settings()

@@ -1,0 +1,58 @@
+"""What a run looks like from outside the aggregator: a Redis hash the aggregator mirrors from
+its ledger, read by ``python -m producer --wait/--status``, and the stop flag a worker raises
+on a permanent error. The ledger stays the truth; after a Redis flush the aggregator's
+watchdog writes the mirror again.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+TTL = 30 * 86400
+
+
+def run_key(run_id: str) -> str:
+    return f"discovery:run:{run_id}"
+
+
+def stop_key(run_id: str) -> str:
+    return f"discovery:stop:{run_id}"
+
+
+def publish(client: redis.Redis, run_id: str, fields: dict) -> None:
+    """Mirror progress fields (flat; nested values as JSON)."""
+    flat = {k: json.dumps(v) if isinstance(v, dict | list | bool) or v is None else v
+            for k, v in fields.items()}
+    pipe = client.pipeline()
+    pipe.hset(run_key(run_id), mapping=flat)
+    pipe.expire(run_key(run_id), TTL)
+    pipe.execute()
+
+
+def read(client: redis.Redis, run_id: str) -> dict:
+    raw = client.hgetall(run_key(run_id))
+    out: dict = {}
+    for k, v in raw.items():
+        key = k.decode() if isinstance(k, bytes) else k
+        text = v.decode() if isinstance(v, bytes) else v
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
+def stop_run(client: redis.Redis, run_id: str, message: str) -> None:
+    """A permanent error: every remaining query task of the run stands down."""
+    client.set(stop_key(run_id), message, ex=TTL)
+
+
+def stopped(client: redis.Redis, run_id: str) -> str | None:
+    value = client.get(stop_key(run_id))
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def clear_stop(client: redis.Redis, run_id: str) -> None:
+    client.delete(stop_key(run_id))

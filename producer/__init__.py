@@ -1,0 +1,1 @@
+"""``python -m producer``: plan a discovery run, enqueue it, follow it."""

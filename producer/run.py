@@ -1,0 +1,185 @@
+"""The producer's work once input is valid: preflight, enqueue, wait, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import redis
+
+from discovery import status
+from discovery.aggregator import planned_windows
+from discovery.dimse import PacsConnection, study_query
+from discovery.errors import PermanentError, TransientError
+from discovery.settings import Settings, mask_url
+from discovery.windows import Window
+from producer import progress
+from producer.cli import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_USAGE,
+    VERDICT_EXIT,
+    UsageError,
+    describe,
+    new_run_id,
+)
+
+
+def broker(settings: Settings) -> redis.Redis:
+    """A Redis client for the broker, checked with PING (fails in seconds, not minutes)."""
+    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5,
+                                  socket_timeout=10)
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise PermanentError(f"the broker {mask_url(settings.broker_url)} refused our password: "
+                             "fix DISCOVERY_BROKER_URL") from None
+    except redis.RedisError as exc:
+        raise TransientError(f"cannot reach the broker {mask_url(settings.broker_url)} "
+                             f"({type(exc).__name__}): start Redis or fix DISCOVERY_BROKER_URL"
+                             ) from None
+    return client
+
+
+def preflight(settings: Settings, probe: Window) -> None:
+    """C-ECHO, then one small C-FIND (one second of the first day): a wrong host, port, AE
+    title or a PACS that refuses queries shows up here, before anything is enqueued."""
+    with PacsConnection(settings, contexts=(
+        "1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.1.1",
+    )) as conn:
+        echo = conn.echo()
+        if echo not in (0x0000, None):
+            print(f"pacs-discovery: note: C-ECHO answered 0x{echo:04X}", file=sys.stderr)
+        result = conn.find(study_query(probe))
+    if result.status is None:
+        raise TransientError(f"{settings.pacs_label} did not answer a test C-FIND "
+                             f"({result.error}); check the PACS and DISCOVERY_DIMSE_TIMEOUT")
+    if result.status not in (0x0000, 0xFE00, 0xA700) and not 0xC000 <= result.status <= 0xCFFF:
+        raise PermanentError(f"{settings.pacs_label} failed a test C-FIND with status "
+                             f"0x{result.status:04X}: check that DISCOVERY_CALLING_AET may query")
+
+
+def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: datetime,
+            output: Path) -> int:
+    from worker.app import QUERIES, RESULTS, app
+
+    client = broker(settings)
+    params = {
+        "start": start.isoformat(), "end": end.isoformat(),
+        "window_minutes": settings.window_minutes, "day_sweep": settings.day_sweep,
+        "all_studies": bool(args.all_studies), "excel_safe": bool(args.excel_safe),
+        "output": str(output), "pacs": settings.pacs_label, "calling_aet": settings.calling_aet,
+        "pacs_max_results": settings.pacs_max_results,
+    }
+    windows = planned_windows(params)
+    if not args.skip_preflight:
+        preflight(settings, Window(start.date(), 0, 1))
+    _warn_without_consumers(app, QUERIES, RESULTS)
+    run_id = new_run_id()
+    app.send_task("discovery.register_run", (run_id, params), queue=RESULTS)
+    with app.producer_or_acquire() as producer:
+        for w in windows:
+            app.send_task("discovery.query_window", (run_id, w.key), queue=QUERIES,
+                          producer=producer)
+    sweeps = sum(1 for w in windows if w.is_sweep)
+    print(f"run {run_id}: {len(windows) - sweeps} windows and {sweeps} day sweeps enqueued "
+          f"({describe(settings)})", flush=True)
+    if not args.wait:
+        print(f"follow it with: python -m producer --status {run_id}")
+        return EXIT_OK
+    return wait(app, client, run_id, params, args.timeout)
+
+
+def wait(app, client: redis.Redis, run_id: str, params: dict | None, timeout: float) -> int:  # type: ignore[no-untyped-def]
+    """Poll the run's mirror until it is finished or stopped; re-send the registration if the
+    aggregator seems not to know the run (e.g. after a Redis flush)."""
+    bar = progress.Bar(sys.stderr)
+    deadline = time.monotonic() + timeout if timeout else None
+    last_seen = time.monotonic()
+    while True:
+        try:
+            state = status.read(client, run_id)
+        except redis.RedisError:
+            state = {}
+        if state.get("state") in ("running", "finished"):
+            last_seen = time.monotonic()
+        if state.get("state") == "finished" and state.get("summary"):
+            bar.done(state)
+            summary = state["summary"]
+            progress.print_summary(run_id, summary, sys.stdout)
+            return VERDICT_EXIT.get(summary["verdict"], 1)
+        if state.get("state") == "stopped":
+            bar.done(state)
+            print(f"pacs-discovery: run {run_id} stopped: {state.get('message')}\n"
+                  f"fix the setting, then: python -m producer --resume {run_id} --wait",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        if state:
+            bar.update(state)
+        if params is not None and time.monotonic() - last_seen > 15:
+            try:
+                app.send_task("discovery.register_run", (run_id, params), queue="results")
+            except Exception:  # broker down; the next round tries again
+                pass
+            last_seen = time.monotonic()
+        if deadline and time.monotonic() > deadline:
+            bar.done(state)
+            print(f"pacs-discovery: gave up waiting after {timeout:g} s; the run goes on: "
+                  f"python -m producer --status {run_id}", file=sys.stderr)
+            return 3
+        time.sleep(0.5)
+
+
+def _ask(app, client: redis.Redis, action: str, run_id: str, wait_s: float = 30) -> dict:  # type: ignore[no-untyped-def]
+    nonce = uuid.uuid4().hex
+    app.send_task("discovery.control", (action, run_id, nonce), queue="results")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        state = status.read(client, run_id)
+        if state.get("ack") == nonce:
+            return state
+        time.sleep(0.2)
+    raise TransientError(f"the aggregator did not answer within {wait_s:g} s: is "
+                         "`celery -A worker worker -Q results -c 1` running?")
+
+
+def existing(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.app import app
+
+    client = broker(settings)
+    run_id = args.resume or args.retry_failed or args.status
+    action = "resume" if args.resume else "retry_failed" if args.retry_failed else "status"
+    state = _ask(app, client, action, run_id)
+    if state.get("state") == "unknown":
+        raise UsageError(f"unknown run id {run_id!r}: the aggregator's ledger has no such run")
+    if action == "status":
+        progress.print_status(run_id, state, sys.stdout)
+        if state.get("state") == "finished":
+            return VERDICT_EXIT.get(state.get("summary", {}).get("verdict"), 1)
+        return EXIT_OK
+    print(f"run {run_id}: {action.replace('_', ' ')} sent; {state.get('windows_open', 0)} "
+          "windows open", flush=True)
+    if args.wait:
+        return wait(app, client, run_id, None, args.timeout)
+    return EXIT_OK
+
+
+def _warn_without_consumers(app, *queues: str) -> None:  # type: ignore[no-untyped-def]
+    try:
+        active = app.control.inspect(timeout=1.0).active_queues() or {}
+    except Exception:
+        return
+    consumed = {q["name"] for qs in active.values() for q in qs}
+    for q in queues:
+        if q not in consumed:
+            cmd = "celery -A worker worker -Q results -c 1" if q == "results" else \
+                "celery -A worker worker -Q queries"
+            print(f"pacs-discovery: warning: no worker consumes queue {q!r} yet; start `{cmd}`",
+                  file=sys.stderr)
+
+
+__all__ = ["EXIT_USAGE", "existing", "new_run"]

@@ -1,0 +1,69 @@
+"""The Celery app and its configuration. Tasks live in :mod:`worker.tasks`.
+
+* queue ``queries``: one task per window; workers run C-FIND (``celery -A worker worker -Q queries``).
+* queue ``results``: the aggregator, the single writer of the ledger
+  (``celery -A worker worker -Q results -c 1``).
+
+Tasks are idempotent, acknowledged late and prefetched one at a time, so a killed worker's
+task is delivered again, and the ledger makes the second delivery harmless. Redis must run with
+``maxmemory-policy noeviction``: an evicted message is a lost window until the watchdog notices.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from celery import Celery, signals
+
+from discovery import logs
+from discovery.settings import SettingsError, get_settings
+
+QUERIES = "queries"
+RESULTS = "results"
+
+try:
+    settings = get_settings()
+except SettingsError as exc:
+    print(f"pacs-discovery: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+app = Celery("pacs_discovery", broker=settings.broker_url, include=["worker.tasks"])
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    result_backend=None,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue=QUERIES,
+    task_routes={
+        "discovery.query_window": {"queue": QUERIES},
+        "discovery.*": {"queue": RESULTS},
+    },
+    broker_transport_options={
+        # Longer than the longest task plus its wait: a lease wait, a slow C-FIND, a backoff.
+        "visibility_timeout": settings.visibility_timeout,
+    },
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+    worker_hijack_root_logger=False,
+)
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    logs.setup(settings.log_level, settings.log_format)
+
+
+@signals.worker_ready.connect
+def _worker_ready(sender: object = None, **_: object) -> None:
+    """The worker that consumes ``results`` is the aggregator: start its watchdog clock."""
+    queues = set(app.amqp.queues.consume_from or {})
+    if RESULTS in queues:
+        from worker.watchdog import start_clock
+
+        start_clock(app, settings)

@@ -1,0 +1,120 @@
+"""Thin Celery tasks: turn arguments into values, call the core, classify errors for retry.
+
+Arguments hold run ids, window keys and counts; never patient data, except the studies that a
+result carries, which monitors see only as a count (``argsrepr``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from functools import lru_cache
+
+import redis
+
+from discovery import status
+from discovery.aggregator import Aggregator
+from discovery.dimse import PacsConnection
+from discovery.errors import PermanentError, TransientError
+from discovery.ledger import Ledger
+from discovery.query import failed_outcome, run_window
+from discovery.retry import backoff
+from discovery.throttle import AssociationLease, pace, pacs_key
+from discovery.windows import parse_key
+from worker.app import QUERIES, RESULTS, app, settings
+
+log = logging.getLogger("discovery.worker")
+UNKNOWN_RUN_RETRIES = 120
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.broker_url, socket_timeout=30,
+                                health_check_interval=30)
+
+
+def dispatch(run_id: str, keys: list[str]) -> None:
+    """Send one query task per window key, over one broker connection."""
+    with app.producer_or_acquire() as producer:
+        for key in keys:
+            query_window.apply_async((run_id, key), queue=QUERIES, producer=producer)
+
+
+def send_result(run_id: str, key: str, outcome: dict, final: bool) -> None:
+    record_result.apply_async(
+        (run_id, key, outcome, final), queue=RESULTS,
+        argsrepr=f"({run_id!r}, {key!r}, <{outcome['state']}: {len(outcome['studies'])} studies>,"
+                 f" final={final})",
+        kwargsrepr="{}",
+    )
+
+
+@app.task(bind=True, name="discovery.query_window", max_retries=None)
+def query_window(self, run_id: str, key: str) -> str:  # type: ignore[no-untyped-def]
+    """C-FIND one window and send its outcome to the aggregator; retry transient faults."""
+    client = redis_client()
+    if status.stopped(client, run_id):
+        return "stopped"
+    window = parse_key(key)
+    attempt = self.request.retries + 1
+    started = time.monotonic()
+    s = settings
+    try:
+        lease = AssociationLease(client, pacs_key("assoc", s.pacs_host, s.pacs_port, s.called_aet),
+                                 s.pacs_max_associations, s.association_lease)
+        with lease, PacsConnection(s) as conn:
+            pace(client, pacs_key("pace", s.pacs_host, s.pacs_port, s.called_aet),
+                 s.pacs_max_queries_per_second)
+            outcome = run_window(conn, window, s)
+    except PermanentError as exc:
+        # Leave the window open: --resume sends it again once the setting is fixed.
+        status.stop_run(client, run_id, str(exc))
+        log.error("run %s stopped: %s", run_id, exc)
+        return "stopped"
+    except TransientError as exc:
+        outcome = failed_outcome(str(exc), time.monotonic() - started)
+    final = outcome["state"] != "failed" or attempt >= s.max_attempts
+    log.info("run %s window %s: %s status=%s rows=%d studies=%d %.3fs attempt %d",
+             run_id, key, outcome["state"],
+             "none" if outcome["status"] is None else f"0x{outcome['status']:04X}",
+             outcome["rows"], len(outcome["studies"]), outcome["seconds"], attempt,
+             extra={"run_id": run_id, "window": key, "state": outcome["state"],
+                    "rows": outcome["rows"], "seconds": outcome["seconds"], "attempt": attempt})
+    send_result(run_id, key, outcome, final)
+    if not final:
+        raise self.retry(countdown=backoff(attempt, s.retry_backoff, s.retry_backoff_max))
+    return outcome["state"]
+
+
+@lru_cache(maxsize=1)
+def aggregator() -> Aggregator:
+    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+    return Aggregator(ledger, redis_client(), dispatch)
+
+
+@app.task(bind=True, name="discovery.record_result", max_retries=UNKNOWN_RUN_RETRIES)
+def record_result(self, run_id: str, key: str, outcome: dict, final: bool) -> str:  # type: ignore[no-untyped-def]
+    if not aggregator().record(run_id, key, outcome, final):
+        # The run's registration has not arrived yet (or was lost with a Redis flush and the
+        # producer will send it again): wait for it.
+        raise self.retry(countdown=5)
+    return "recorded"
+
+
+@app.task(name="discovery.register_run")
+def register_run(run_id: str, params: dict) -> str:
+    aggregator().register(run_id, params)
+    return "registered"
+
+
+@app.task(name="discovery.control")
+def control(action: str, run_id: str, nonce: str | None = None) -> str:
+    aggregator().control(action, run_id, nonce or uuid.uuid4().hex)
+    return action
+
+
+@app.task(name="discovery.watchdog")
+def watchdog() -> int:
+    client = redis_client()
+    return aggregator().watchdog(settings.redispatch_after, lambda: int(client.llen(QUERIES)))
