@@ -174,6 +174,19 @@ class Cluster:
     def producer_async(self, *args: str) -> Process:
         return self._start("producer", [sys.executable, "-m", "producer", *args])
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until every started worker logged ``ready.`` (Celery's own line)."""
+        deadline = time.monotonic() + timeout
+        for proc in self.processes:
+            if proc.name not in ("worker", "aggregator"):
+                continue
+            while " ready." not in proc.log():
+                if not proc.alive():
+                    raise RuntimeError(f"{proc.name} exited:\n{proc.log()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{proc.name} not ready after {timeout:g} s")
+                time.sleep(0.2)
+
     def logs(self) -> str:
         return "\n".join(f"== {p.log_path.name}\n{p.log()}" for p in self.processes)
 
