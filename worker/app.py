@@ -1,6 +1,7 @@
 """The Celery app and its configuration. Tasks live in :mod:`worker.tasks`.
 
-* queue ``queries``: one task per window; workers run C-FIND (``celery -A worker worker -Q queries``).
+* queue ``queries``: one task per window; workers run C-FIND
+  (``celery -A worker worker -Q queries``).
 * queue ``results``: the aggregator, the single writer of the ledger
   (``celery -A worker worker -Q results -c 1``).
 
@@ -11,6 +12,7 @@ task is delivered again, and the ledger makes the second delivery harmless. Redi
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from celery import Celery, signals
@@ -61,8 +63,10 @@ def _setup_logging(**_: object) -> None:
 
 @signals.worker_ready.connect
 def _worker_ready(sender: object = None, **_: object) -> None:
-    """The worker that consumes ``results`` is the aggregator: start its watchdog clock."""
+    """Log the effective settings (secrets masked); the worker that consumes ``results`` is the
+    aggregator: check its state dir and start its watchdog clock."""
     queues = set(app.amqp.queues.consume_from or {})
+    logging.getLogger("discovery.worker").info("settings: %s", settings.masked())
     if RESULTS in queues:
         from worker.watchdog import start_clock
 
