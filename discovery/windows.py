@@ -15,7 +15,8 @@ qrscp) as well as servers that parse them (dcmqrscp). A stored TM may be ``HH``,
   every form of every time before the next window's start compares lower or equal, and every
   form of the next window's start (``11``...) compares higher.
 
-Each valid stored form therefore lands in exactly one window, on both kinds of server.
+Each valid stored form therefore lands in exactly one window, on both kinds of server (a leap
+second, ``HHMM60``, in none on a string-comparing one: see :func:`parse_tm`).
 Studies with an empty or absent StudyTime match no closed range on any server we know; the
 per-day sweep (a date-only query) finds them.
 """
@@ -29,8 +30,8 @@ from datetime import date, datetime, time, timedelta
 DAY_SECONDS = 86_400
 SWEEP = "day"
 
-_KEY = re.compile(r"^(\d{8})/(?:(\d{6})-(\d{6})|(day))$")
-_TM = re.compile(r"^(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?$")
+_KEY = re.compile(r"(\d{8})/(?:(\d{6})-(\d{6})|(day))", re.ASCII)
+_TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?", re.ASCII)
 
 
 class WindowError(ValueError):
@@ -117,14 +118,18 @@ def upper_bound(hi: int) -> str:
 
 def parse_key(key: str) -> Window:
     """Inverse of :attr:`Window.key`; raises :class:`WindowError` on anything else."""
-    m = _KEY.match(key)
+    m = _KEY.fullmatch(key)
     if not m:
         raise WindowError(f"not a window key: {key!r}")
-    day = datetime.strptime(m.group(1), "%Y%m%d").date()
+    try:
+        day = datetime.strptime(m.group(1), "%Y%m%d").date()
+    except ValueError:
+        raise WindowError(f"not a window key: {key!r}") from None
     if m.group(4):
         return Window(day, -1, -1)
     lo, hi = _seconds(m.group(2)), _seconds(m.group(3))
-    if not 0 <= lo < hi <= DAY_SECONDS:
+    # Exactly one spelling per window (``006000`` is not 01:00:00): keys are ledger keys.
+    if not 0 <= lo < hi <= DAY_SECONDS or Window(day, lo, hi).key != key:
         raise WindowError(f"not a window key: {key!r}")
     return Window(day, lo, hi)
 
@@ -138,16 +143,22 @@ def parse_tm(value: str | None) -> float | None:
 
     ``None`` also for empty values and for the ACR-NEMA ``HH:MM:SS`` form, which PS3.5 no
     longer allows: such studies are found by the day sweep only.
+
+    A leap second (``SS`` = 60) counts as the last instant of second 59, so it stays inside its
+    minute and its day. A string-comparing server puts ``HHMM60`` in no window (it sorts after
+    ``HHMM59.999999``); the day sweep finds it, and keeps it because it is inside the day.
     """
     if not value:
         return None
-    m = _TM.match(value.strip())
+    m = _TM.fullmatch(value.strip())
     if not m:
         return None
     hh, mm, ss, frac = m.groups()
     total = int(hh) * 3600 + int(mm or 0) * 60 + int(ss or 0)
     if int(hh) > 23 or int(mm or 0) > 59 or int(ss or 0) > 60:
         return None
+    if int(ss or 0) == 60:
+        total -= 1
     return total + (float("0." + frac) if frac else 0.0)
 
 
