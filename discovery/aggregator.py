@@ -33,10 +33,21 @@ def planned_windows(params: dict) -> list:
 
 
 class Aggregator:
+    #: The progress mirror counts studies in the ledger; refresh it at most this often.
+    PUBLISH_EVERY = 1.0
+
     def __init__(self, ledger: Ledger, client: redis.Redis, dispatch: Dispatch) -> None:
         self.ledger, self.client, self.dispatch = ledger, client, dispatch
+        self._published: dict[str, float] = {}
+
+    def publish_soon(self, run_id: str) -> None:
+        """Refresh the mirror unless it was refreshed less than a second ago (a result costs
+        a few milliseconds; counting a million studies after each would not)."""
+        if time.monotonic() - self._published.get(run_id, 0.0) >= self.PUBLISH_EVERY:
+            self.publish(run_id)
 
     def publish(self, run_id: str, **extra: object) -> None:
+        self._published[run_id] = time.monotonic()
         run = self.ledger.run(run_id)
         if run is None:
             status.publish(self.client, run_id, {"state": "unknown", **extra})
@@ -73,7 +84,7 @@ class Aggregator:
         if rec.finished and rec.accepted:
             self.finish(run_id)
         else:
-            self.publish(run_id)
+            self.publish_soon(run_id)
         return True
 
     def finish(self, run_id: str) -> dict:
