@@ -45,8 +45,10 @@ def read(client: redis.Redis, run_id: str) -> dict:
 
 
 def stop_run(client: redis.Redis, run_id: str, message: str) -> None:
-    """A permanent error: every remaining query task of the run stands down."""
+    """A permanent error: every remaining query task of the run stands down, and the mirror
+    says so at once (the producer's --wait exits with the message)."""
     client.set(stop_key(run_id), message, ex=TTL)
+    publish(client, run_id, {"state": "stopped", "message": message})
 
 
 def stopped(client: redis.Redis, run_id: str) -> str | None:

@@ -32,12 +32,12 @@ end
 return 0
 """
 
+# Renewal re-adds a lease that vanished (Redis flushed or restarted empty): the association
+# is really open, so it must count against the limit again.
 _RENEW = """
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-    return 1
-end
-return 0
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[1]) - tonumber(ARGV[3])) * 1000) + 1000)
+return 1
 """
 
 _PACE = """
@@ -86,7 +86,8 @@ class AssociationLease:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
-                self._renew(keys=[self.key], args=[time.time() + self.ttl, self.token])
+                now = time.time()
+                self._renew(keys=[self.key], args=[now + self.ttl, self.token, now])
             except redis.RedisError:  # the lease expires by itself; the next beat retries
                 pass
 
