@@ -53,7 +53,7 @@ class Window:
 
     @property
     def key(self) -> str:
-        """Stable, small, patient-free identifier: ``20240101/100000-110000`` or ``20240101/day``."""
+        """Stable, small, patient-free id: ``20240101/100000-110000`` or ``20240101/day``."""
         d = self.day.strftime("%Y%m%d")
         if self.is_sweep:
             return f"{d}/{SWEEP}"
