@@ -78,7 +78,8 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
     assert run is not None
     params = run["params"]
     progress = ledger.progress(run_id)
-    verdict, reasons = report.verdict(progress, params.get("day_sweep", True))
+    verdict, reasons = report.verdict(progress, params.get("day_sweep", True),
+                                     bool(params.get("all_studies")))
     paths = report.output_paths(Path(params["output"]), verdict)
     written = report.write_csv(paths["csv"], ledger.studies(run_id, params["all_studies"]))
     if params.get("excel_safe"):

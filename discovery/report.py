@@ -88,7 +88,8 @@ def output_paths(output: Path, verdict: str) -> dict[str, Path]:
     """Where the CSV, its spreadsheet twin and the coverage report go for this verdict."""
     output = Path(output)
     stem = output.with_suffix("") if output.suffix else output
-    csv_path = output if verdict == COMPLETE else Path(f"{stem}.incomplete{output.suffix or '.csv'}")
+    suffix = output.suffix or ".csv"
+    csv_path = output if verdict == COMPLETE else Path(f"{stem}.incomplete{suffix}")
     return {
         "csv": csv_path,
         "excel": Path(f"{csv_path.with_suffix('')}.excel.csv"),
@@ -96,8 +97,12 @@ def output_paths(output: Path, verdict: str) -> dict[str, Path]:
     }
 
 
-def verdict(progress: dict, day_sweep: bool) -> tuple[str, list[str]]:
-    """``complete``, ``incomplete`` or ``no_description``, with the reasons in plain words."""
+def verdict(progress: dict, day_sweep: bool, all_studies: bool = False) -> tuple[str, list[str]]:
+    """``complete``, ``incomplete`` or ``no_description``, with the reasons in plain words.
+
+    ``no_description`` only when the CSV is to list the studies lacking a description: an
+    inventory (``--all-studies``) does not depend on the description, so it stays complete
+    and says so in a note."""
     reasons = []
     if progress["windows_failed"]:
         reasons.append(f"{progress['windows_failed']} window(s) failed after every attempt")
@@ -110,12 +115,16 @@ def verdict(progress: dict, day_sweep: bool) -> tuple[str, list[str]]:
         reasons.append(f"{progress['windows_open']} window(s) never reported")
     if reasons:
         return INCOMPLETE, reasons
-    if progress["studies"] and not progress["description_returned"]:
-        return NO_DESCRIPTION, [
-            "the PACS never returned the Study Description attribute, so no study can be "
-            "judged as lacking one; ask the PACS vendor, or use --all-studies for the inventory"
-        ]
     notes = []
+    if progress["studies"] and not progress["description_returned"]:
+        if not all_studies:
+            return NO_DESCRIPTION, [
+                "the PACS never returned the Study Description attribute, so no study can be "
+                "judged as lacking one; ask the PACS vendor, or use --all-studies for the "
+                "inventory"
+            ]
+        notes.append("the PACS does not return Study Description: the Study Description "
+                     "column is empty for every study")
     if not day_sweep:
         notes.append("day sweep off (DISCOVERY_DAY_SWEEP=false): studies without a readable "
                      "StudyTime were not searched for")
