@@ -10,7 +10,8 @@ matching code:
 Each server runs in its own session (process group), logs to files in its ``workdir``, and
 :meth:`stop` kills the whole group so that no forked child (dcmqrscp forks one per
 association) outlives it. ``TCP_NODELAY=1`` is set in the environment because DCMTK-based
-servers otherwise leave Nagle's algorithm on, which adds ~40 ms to every small PDU.
+servers otherwise leave Nagle's algorithm on, which adds ~40 ms to every small PDU; a server
+started with ``tcp_nodelay = False`` runs as Debian ships it (benchmarks).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class _Server:
     """Common process handling: start in a new session, log to files, kill the group."""
 
     name = "server"
+    #: Set ``TCP_NODELAY=1`` in the server's environment (DCMTK reads it); False leaves it out.
+    tcp_nodelay = True
 
     def __init__(self, workdir: str | os.PathLike[str], aet: str) -> None:
         self.workdir = Path(workdir)
@@ -129,6 +132,8 @@ class _Server:
         command = self._command()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "TCP_NODELAY": "1"}
+        if not self.tcp_nodelay:
+            del env["TCP_NODELAY"]
         self.proc = subprocess.Popen(
             command,
             cwd=self.workdir,
