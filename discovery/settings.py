@@ -7,6 +7,7 @@ program with one line naming the variable (see :func:`load_settings`).
 from __future__ import annotations
 
 import re
+import ssl
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -64,6 +65,9 @@ class Settings(BaseSettings):
 
     # The broker and the aggregator's store
     broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_ca_file: Path | None = None
+    broker_cert_file: Path | None = None
+    broker_key_file: Path | None = None
     state_dir: Path = Path("state")
     output: Path = Path("dicom_query_results.csv")
 
@@ -90,6 +94,20 @@ class Settings(BaseSettings):
     def _ae_title(cls, value: str) -> str:
         return validate_ae_title(value)
 
+    @field_validator(
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "broker_ca_file",
+        "broker_cert_file",
+        "broker_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _no_file(cls, value: object) -> object:
+        # `DISCOVERY_TLS_CA_FILE=` (as in .env.example) means no file, not the directory ".".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -105,16 +123,40 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls_files(self) -> Settings:
+        groups = []
         if self.tls_enabled:
-            for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            groups.append("tls")
+        if urlsplit(self.broker_url).scheme == "rediss":
+            groups.append("broker")
+        for group in groups:
+            for name in (f"{group}_ca_file", f"{group}_cert_file", f"{group}_key_file"):
                 path = getattr(self, name)
                 if path is not None and not Path(path).is_file():
                     raise ValueError(f"{ENV_PREFIX}{name.upper()}: no such file: {path}")
-            if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            if (getattr(self, f"{group}_cert_file") is None) != (
+                getattr(self, f"{group}_key_file") is None
+            ):
+                g = group.upper()
                 raise ValueError(
-                    f"{ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE go together"
+                    f"{ENV_PREFIX}{g}_CERT_FILE and {ENV_PREFIX}{g}_KEY_FILE go together"
                 )
         return self
+
+    def broker_ssl(self) -> dict[str, object]:
+        """TLS options for a ``rediss://`` broker, the same keys for kombu's ``broker_use_ssl``
+        and for redis-py: the broker's certificate is always verified (against
+        ``DISCOVERY_BROKER_CA_FILE``, or the system's CAs), because kombu would otherwise
+        accept any certificate; a client certificate is sent if one is set. Empty for
+        ``redis://``."""
+        if urlsplit(self.broker_url).scheme != "rediss":
+            return {}
+        opts: dict[str, object] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        if self.broker_ca_file:
+            opts["ssl_ca_certs"] = str(self.broker_ca_file)
+        if self.broker_cert_file:
+            opts["ssl_certfile"] = str(self.broker_cert_file)
+            opts["ssl_keyfile"] = str(self.broker_key_file)
+        return opts
 
     @property
     def pacs_label(self) -> str:

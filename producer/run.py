@@ -8,6 +8,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -32,10 +33,14 @@ from producer.cli import (
 def broker(settings: Settings) -> redis.Redis:
     """A Redis client for the broker, checked with PING (fails in seconds, not minutes)."""
     client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=5,
-                                  socket_timeout=10)
+                                  socket_timeout=10, **settings.broker_ssl())
     try:
         client.ping()
     except redis.AuthenticationError:
+        if urlsplit(settings.broker_url).password is None:
+            raise PermanentError(f"the broker {mask_url(settings.broker_url)} requires a "
+                                 "password: put it in DISCOVERY_BROKER_URL "
+                                 "(redis://:PASSWORD@host:port/0)") from None
         raise PermanentError(f"the broker {mask_url(settings.broker_url)} refused our password: "
                              "fix DISCOVERY_BROKER_URL") from None
     except redis.RedisError as exc:

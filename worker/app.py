@@ -47,6 +47,7 @@ app.conf.update(
         # Longer than the longest task plus its wait: a lease wait, a slow C-FIND, a backoff.
         "visibility_timeout": settings.visibility_timeout,
     },
+    broker_use_ssl=settings.broker_ssl() or False,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
     worker_send_task_events=True,

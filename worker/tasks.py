@@ -31,7 +31,7 @@ UNKNOWN_RUN_RETRIES = 120
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.broker_url, socket_timeout=30,
-                                health_check_interval=30)
+                                health_check_interval=30, **settings.broker_ssl())
 
 
 def dispatch(run_id: str, keys: list[str]) -> None:
