@@ -13,6 +13,7 @@ task is delivered again, and the ledger makes the second delivery harmless. Redi
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 
 from celery import Celery, signals
@@ -60,6 +61,26 @@ app.conf.update(
 @signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
     logs.setup(settings.log_level, settings.log_format)
+
+
+@signals.worker_init.connect
+def _check_state_dir(sender: object = None, **_: object) -> None:
+    """The aggregator (the worker consuming ``results``) stops at start, with one line naming
+    DISCOVERY_STATE_DIR, when it cannot create its ledger there; otherwise every result would
+    fail later, one traceback at a time, while the producer waits. Runs before any message is
+    taken, in the main process (the connection is closed again before the pool forks)."""
+    if RESULTS not in set(app.amqp.queues.consume_from or {}):
+        return
+    from discovery.ledger import Ledger
+
+    try:
+        Ledger(settings.state_dir / "ledger.sqlite3").close()  # the path worker.tasks uses
+    except (OSError, sqlite3.Error) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        print(f"pacs-discovery: cannot keep the ledger in DISCOVERY_STATE_DIR="
+              f"{settings.state_dir} ({why}): make it a writable directory", file=sys.stderr,
+              flush=True)
+        raise SystemExit(2) from None
 
 
 @signals.worker_ready.connect

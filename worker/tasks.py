@@ -41,13 +41,20 @@ def dispatch(run_id: str, keys: list[str]) -> None:
             query_window.apply_async((run_id, key), queue=QUERIES, producer=producer)
 
 
+def result_repr(run_id: str, key: str, outcome: dict, final: bool) -> dict[str, str]:
+    """What monitors (Flower, events, logs) show of a result's arguments: a count, never the
+    studies. Every send of ``record_result``, its retries included, must pass these, because
+    Celery otherwise shows the first 1024 characters of the arguments."""
+    return {
+        "argsrepr": f"({run_id!r}, {key!r}, <{outcome['state']}: "
+                    f"{len(outcome['studies'])} studies>, final={final})",
+        "kwargsrepr": "{}",
+    }
+
+
 def send_result(run_id: str, key: str, outcome: dict, final: bool) -> None:
-    record_result.apply_async(
-        (run_id, key, outcome, final), queue=RESULTS,
-        argsrepr=f"({run_id!r}, {key!r}, <{outcome['state']}: {len(outcome['studies'])} studies>,"
-                 f" final={final})",
-        kwargsrepr="{}",
-    )
+    record_result.apply_async((run_id, key, outcome, final), queue=RESULTS,
+                              **result_repr(run_id, key, outcome, final))
 
 
 @app.task(bind=True, name="discovery.query_window", max_retries=None)
@@ -98,7 +105,12 @@ def record_result(self, run_id: str, key: str, outcome: dict, final: bool) -> st
     if not aggregator().record(run_id, key, outcome, final):
         # The run's registration has not arrived yet (or was lost with a Redis flush and the
         # producer will send it again): wait for it.
-        raise self.retry(countdown=5)
+        if self.request.retries >= UNKNOWN_RUN_RETRIES:
+            # Not Celery's MaxRetriesExceededError: its message prints the arguments.
+            log.error("run %s window %s: result dropped, the run was never registered",
+                      run_id, key)
+            return "dropped"
+        raise self.retry(countdown=5, **result_repr(run_id, key, outcome, final))
     return "recorded"
 
 
