@@ -16,6 +16,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 from discovery.errors import PermanentError, TransientError
 from discovery.settings import Settings, SettingsError, load_settings, mask_secrets, mask_url
@@ -43,8 +44,15 @@ examples:
   python -m producer --resume RUN_ID --wait"""
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad input gives one line that says what to fix (not argparse's usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m producer", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -98,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         start = parse_bound(args.start, is_end=False)
         end = parse_bound(args.end, is_end=True)
         if end <= start:
-            parser.error(f"--end ({args.end}) is before --start ({args.start}): swap them")
+            parser.error(f"--end ({args.end}) is not after --start ({args.start}): give an end "
+                         "later than the start")
         output = (args.output or settings.output).expanduser().absolute()
         _check_writable(output)
         return runner.new_run(args, settings, start, end, output)
@@ -132,6 +141,9 @@ def _check_writable(output: Path) -> None:
     folder = output.parent
     while not folder.exists():
         folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write the CSV: {folder} is a file, not a directory "
+                         "(choose another --output or DISCOVERY_OUTPUT)")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write the CSV: {folder} is not writable "
                          "(choose another --output or DISCOVERY_OUTPUT)")
