@@ -123,12 +123,15 @@ class _Server:
     def _wait_ready(self, timeout: float) -> None:
         wait_for_port(self.host, self.port, timeout, self.proc)
 
-    def start(self, timeout: float = 30.0) -> Self:
-        """Write the configuration, start the process and wait until it accepts work."""
+    def start(self, timeout: float = 30.0, port: int | None = None) -> Self:
+        """Write the configuration, start the process and wait until it accepts work.
+
+        ``port`` restarts a stopped server where its clients expect it (its data stays in
+        ``workdir``); by default a free port is chosen."""
         if self.proc is not None:
             raise ServerError(f"{self.name} already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         command = self._command()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "TCP_NODELAY": "1"}

@@ -1,0 +1,148 @@
+"""Issue 4: faults during real runs - real Redis, real `celery worker` processes, a real Orthanc
+where it can produce the fault, the simulated PACS (demo.simscp) where it cannot. Every run
+ends with the CSV equal to the ground truth: every study exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from demo.cluster import ROOT, Cluster, Process, RedisServer
+from demo.servers import OrthancServer, free_port, wait_for_port
+from demo.simscp import generate_studies as sim_studies
+from demo.studies import generate_studies
+from discovery import status
+from tests.expect import expected_rows, read_csv
+
+pytestmark = pytest.mark.timeout(240)
+
+# One day, 2 studies an hour, some with fractional seconds, some without a description.
+SIM_DAY = sim_studies("20240101", days=1, per_hour=2, seed=4)
+DAY = ("--start", "2024-01-01", "--end", "2024-01-01")
+
+
+class Sim:
+    """``python -m demo.simscp`` as a subprocess; ``restart(config)`` keeps its port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.host, self.aet, self.port = workdir, "127.0.0.1", "SIMPACS", 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.n = 0
+
+    def start(self, config: dict[str, Any], port: int = 0) -> Sim:
+        self.n += 1
+        cfg = self.workdir / f"sim{self.n}.json"
+        self.stats_path = self.workdir / f"sim{self.n}.stats.json"
+        cfg.write_text(json.dumps({"studies": SIM_DAY, **config}))
+        with open(self.workdir / f"sim{self.n}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "demo.simscp", "--port", str(port), "--config", str(cfg),
+                 "--stats", str(self.stats_path)], cwd=ROOT, stderr=log)
+        wait_until(lambda: self.stats_path.exists(), 20, "simscp did not start")
+        self.port = self.stats()["port"]
+        return self
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(self.stats_path.read_text())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+            self.proc = None
+
+    def restart(self, config: dict[str, Any]) -> Sim:
+        self.stop()
+        return self.start(config, self.port)
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Sim]]:
+    sims: list[Sim] = []
+
+    def start(config: dict[str, Any]) -> Sim:
+        (tmp_path / "sim").mkdir(exist_ok=True)
+        sims.append(Sim(tmp_path / "sim").start(config))
+        return sims[-1]
+
+    yield start
+    for s in sims:
+        s.stop()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return value
+
+
+def progress(url: str, run_id: str) -> dict:
+    import redis
+
+    try:
+        return status.read(redis.Redis.from_url(url), run_id)
+    except redis.RedisError:
+        return {}
+
+
+def run_id_of(proc: Process) -> str:
+    """The run id the producer prints first (``run <id>: ... enqueued``)."""
+    line = wait_until(lambda: next((ln for ln in proc.log().splitlines()
+                                    if ln.startswith("run ")), None), 60, "no run id printed")
+    return line.split()[1].rstrip(":")
+
+
+def finished(proc: Process, timeout: float = 120) -> int:
+    """Wait for an async producer (``--wait``) and return its exit code."""
+    assert proc.proc is not None
+    return proc.proc.wait(timeout)
+
+
+def csv_rows(tmp_path: Path) -> list[list[str]]:
+    rows = read_csv(tmp_path / "out" / "dicom_query_results.csv")
+    assert len({r[4] for r in rows}) == len(rows), "duplicate Study UIDs in the CSV"
+    return rows
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
+# -- a worker dies -------------------------------------------------------------------------------
+
+def test_kill_9_worker_during_c_find(sim, make_cluster, tmp_path: Path) -> None:
+    """The pool child running a slow C-FIND is killed (its task comes back at once), then a
+    whole worker dies with a C-FIND on the wire (its task is lost in Redis's unacked set until
+    the watchdog sends the window again); a new worker finishes the run exactly."""
+    scp = sim({"delay_ms": 1500})
+    # a dead worker's association slot is free again after DISCOVERY_ASSOCIATION_LEASE
+    cluster = make_cluster(scp, DISCOVERY_WINDOW_MINUTES="240", DISCOVERY_REDISPATCH_AFTER="5",
+                           DISCOVERY_ASSOCIATION_LEASE="5")
+    first = cluster.worker(concurrency=1)
+    cluster.aggregator()
+    producer = cluster.producer_async(*DAY, "--wait")
+    # the first association is the producer's preflight; the second a worker's C-FIND
+    wait_until(lambda: scp.stats()["total_associations"] >= 2
+               and scp.stats()["current_associations"] == 1, 60, "no C-FIND started")
+    child = children(first.pid)[0]
+    os.kill(child, signal.SIGKILL)
+    queries = scp.stats()["total_queries"]
+    wait_until(lambda: scp.stats()["total_queries"] > queries
+               and scp.stats()["current_associations"] == 1, 60, "no C-FIND after the kill")
+    first.signal(signal.SIGKILL)  # main process and pool child, mid C-FIND
+    cluster.worker(concurrency=2)
+    assert finished(producer) == 0, cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
