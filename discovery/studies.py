@@ -41,10 +41,11 @@ ANOMALIES = ("missing_uid", "outside_window", "undecodable", "repeated", "patien
 
 
 def description_state(value: str | None) -> str:
-    """``absent`` when the attribute was not returned, ``blank`` when empty or spaces only."""
+    """``absent`` when the attribute was not returned, ``blank`` when empty or spaces only
+    (in every value, for a multi-valued one such as ``" \\ "``)."""
     if value is None:
         return "absent"
-    return "blank" if not value.strip() else "present"
+    return "blank" if not value.replace("\\", "").strip() else "present"
 
 
 def lacks_description(state: str) -> bool:
@@ -59,10 +60,13 @@ def _encodings(ds: Dataset) -> tuple[list[str], bool]:
     text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else "\\".join(
         raw if isinstance(raw, list | tuple) else [str(raw)]
     )
-    terms = [t.strip() for t in text.split("\\")]
+    terms = [t.strip(" \x00") for t in text.split("\\")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        encodings = convert_encodings(terms)
+        try:
+            encodings = convert_encodings(terms)
+        except (LookupError, ValueError):  # e.g. a NUL inside a term: codecs.lookup refuses it
+            return ["iso8859"], False
     return encodings, not caught
 
 
@@ -88,10 +92,16 @@ def _text(ds: Dataset, tag: int, encodings: list[str]) -> tuple[str | None, bool
         else:
             text = raw.decode("ascii", "replace")
             ok = "\ufffd" not in text
-        return text.rstrip(" \x00").lstrip(" "), ok
+        return _unpad(text), ok
     if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(str(v).strip() for v in value), True
-    return str(value).rstrip(" \x00").lstrip(" "), True
+        return "\\".join(_unpad(str(v)) for v in value), True
+    return _unpad(str(value)), True
+
+
+def _unpad(text: str) -> str:
+    """Leading and trailing spaces (and a UI's trailing NUL) are padding in each value of the
+    six attributes (PS3.5 6.2), so ``CT HEAD \\CHEST `` is ``CT HEAD\\CHEST``."""
+    return "\\".join(v.rstrip(" \x00").lstrip(" ") for v in text.split("\\"))
 
 
 def parse_identifier(ds: Dataset, window: Window | None = None) -> tuple[dict | None, list[str]]:
