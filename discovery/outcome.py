@@ -22,11 +22,12 @@ COMPLETE, TRUNCATED, REFUSED, FAILED = "complete", "truncated", "refused", "fail
 
 
 def classify(status: int | None, rows: int, cap: int, cancelled: bool) -> str:
-    """``rows`` counts raw Pending responses (not unique studies): a cap counts answers."""
+    """``rows`` counts raw Pending responses (not unique studies): a cap counts answers.
+    ``cancelled``: we sent C-CANCEL, so even a Success after it may lack rows."""
     if status is None:
         return FAILED
     if status == SUCCESS:
-        return TRUNCATED if cap and rows >= cap else COMPLETE
+        return TRUNCATED if cancelled or (cap and rows >= cap) else COMPLETE
     if status == CANCEL:
         return TRUNCATED
     if status == 0xA700 or 0xC000 <= status <= 0xCFFF:
