@@ -72,12 +72,26 @@ def wheel_hashes(pins: dict[str, str]) -> dict[str, set[str]]:
             dest = Path(tmp) / arch
             platforms = [f"manylinux_2_{m}_{arch}" for m in range(GLIBC_MINOR, 16, -1)]
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                 "--only-binary=:all:", *(f"--platform={p}" for p in platforms),
-                 "--python-version", PYTHON,
-                 "--implementation", "cp", "-d", str(dest),
-                 *(f"{n}=={v}" for n, v in pins.items())],
-                check=True, stderr=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    *(f"--platform={p}" for p in platforms),
+                    "--python-version",
+                    PYTHON,
+                    "--implementation",
+                    "cp",
+                    "-d",
+                    str(dest),
+                    *(f"{n}=={v}" for n, v in pins.items()),
+                ],
+                check=True,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for wheel in dest.glob("*.whl"):
                 name = canonicalize_name(parse_wheel_filename(wheel.name)[0])
@@ -99,8 +113,11 @@ def locked_pins(text: str) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="docker/lock.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="only compare the pins in requirements.lock with the environment")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only compare the pins in requirements.lock with the environment",
+    )
     args = parser.parse_args(argv)
     pins = runtime_closure()
     if args.check:
