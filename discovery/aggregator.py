@@ -108,6 +108,9 @@ class Aggregator:
             if open_keys:
                 self.ledger.reopen(run_id)
                 self.ledger.mark_dispatched(run_id, open_keys)
+                # The mirror says "running" before a worker sees the windows: query tasks of
+                # a finished run stand down.
+                self.publish(run_id)
                 self.dispatch(run_id, open_keys)
                 log.info("run %s: %s re-dispatched %d windows (%d were failed)",
                          run_id, action, len(open_keys), len(keys))

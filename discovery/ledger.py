@@ -166,10 +166,12 @@ class Ledger:
                 return Recorded(accepted=False)
             state = outcome["state"]
             if state == FAILED and not final:
+                # The worker tries again in ``retry_in`` seconds: not overdue before then.
+                again = now + float(outcome.get("retry_in") or 0)
                 db.execute(
                     "UPDATE windows SET attempts = attempts + 1, error = ?, status = ?,"
                     " updated = ?, dispatched = ? WHERE run_id = ? AND key = ?",
-                    (outcome.get("error"), outcome.get("status"), now, now, run_id, key),
+                    (outcome.get("error"), outcome.get("status"), now, again, run_id, key),
                 )
                 db.execute("COMMIT")
                 return Recorded(accepted=True)

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(2.0, gt=0)
     retry_backoff_max: float = Field(60.0, gt=0)
     redispatch_after: float = Field(600.0, ge=1)
-    visibility_timeout: int = Field(7200, ge=60)
+    visibility_timeout: int = Field(7200, ge=5)
     watchdog_interval: float = Field(30.0, ge=1)
     association_lease: float = Field(300.0, ge=5)
 

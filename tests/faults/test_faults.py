@@ -146,3 +146,91 @@ def test_kill_9_worker_during_c_find(sim, make_cluster, tmp_path: Path) -> None:
     cluster.worker(concurrency=2)
     assert finished(producer) == 0, cluster.logs()[-5000:]
     assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+
+
+# -- the aggregator dies, Redis forgets ------------------------------------------------------------
+
+def started_run(cluster: Cluster, url: str, done: int = 3) -> tuple[Process, str]:
+    """A ``--wait`` producer for one day and its run id, once ``done`` windows reported."""
+    producer = cluster.producer_async(*DAY, "--wait")
+    run_id = run_id_of(producer)
+    wait_until(lambda: progress(url, run_id).get("windows_done", 0) >= done, 60,
+               "the run does not progress")
+    return producer, run_id
+
+
+def test_kill_9_aggregator_and_start_it_again(sim, make_cluster, broker_url: str,
+                                              tmp_path: Path) -> None:
+    scp = sim({"delay_ms": 300})
+    cluster = make_cluster(scp, DISCOVERY_REDISPATCH_AFTER="5")
+    cluster.worker(concurrency=2)
+    aggregator = cluster.aggregator()
+    producer, _ = started_run(cluster, broker_url)
+    aggregator.signal(signal.SIGKILL)
+    time.sleep(2)  # results pile up in Redis meanwhile
+    cluster.aggregator()
+    assert finished(producer) == 0, cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+
+
+def test_redis_flushall_mid_run(sim, make_cluster, redis_server: RedisServer, broker_url: str,
+                                tmp_path: Path) -> None:
+    """Every queued task, every unacknowledged one, the progress mirror and the registration
+    (if not yet read) are gone: the ledger knows which windows are open, the watchdog sends
+    them again."""
+    scp = sim({"delay_ms": 300})
+    cluster = make_cluster(scp, DISCOVERY_REDISPATCH_AFTER="3")
+    cluster.worker(concurrency=2)
+    cluster.aggregator()
+    producer, _ = started_run(cluster, broker_url)
+    redis_server.client().flushall()
+    assert finished(producer) == 0, cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+
+
+def test_redis_restart_mid_run(sim, make_cluster, tmp_path: Path) -> None:
+    """Redis stops and comes back empty (no persistence) on the same port."""
+    with RedisServer(tmp_path / "redis") as broker:
+        scp = sim({"delay_ms": 300})
+        cluster = make_cluster(scp, DISCOVERY_REDISPATCH_AFTER="3",
+                               DISCOVERY_BROKER_URL=broker.url)
+        cluster.worker(concurrency=2)
+        cluster.aggregator()
+        producer, _ = started_run(cluster, broker.url)
+        broker.stop()
+        time.sleep(3)
+        broker.start()
+        assert finished(producer) == 0, cluster.logs()[-5000:]
+        assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+
+
+# -- Celery redelivers, the PACS limits associations ---------------------------------------------
+
+def test_visibility_timeout_shorter_than_a_slow_task(sim, make_cluster, tmp_path: Path) -> None:
+    """Redis hands a task still running (8 s C-FIND, 5 s visibility timeout) to a second
+    worker process: both answer, the ledger keeps one."""
+    scp = sim({"delay_ms": 8000})
+    cluster = make_cluster(scp, DISCOVERY_WINDOW_MINUTES="720", DISCOVERY_VISIBILITY_TIMEOUT="5",
+                           DISCOVERY_PACS_MAX_ASSOCIATIONS="8")
+    cluster.worker(concurrency=4)
+    cluster.aggregator()
+    done = cluster.producer(*DAY, "--skip-preflight", "--wait", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    assert scp.stats()["total_queries"] > 3  # 2 windows and 1 day sweep, some asked twice
+
+
+def test_eight_processes_never_exceed_two_associations(sim, make_cluster,
+                                                       tmp_path: Path) -> None:
+    scp = sim({"delay_ms": 200, "max_associations": 2})
+    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="2")
+    cluster.worker(concurrency=4)
+    cluster.worker(concurrency=4)
+    cluster.aggregator()
+    done = cluster.producer(*DAY, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    stats = scp.stats()
+    assert stats["max_concurrent_associations"] == 2
+    assert stats["rejected_associations"] == 0
+    assert stats["total_associations"] >= 26  # the preflight, 24 windows, 1 day sweep

@@ -1,0 +1,34 @@
+"""The aggregator's control actions on a real ledger and a real Redis mirror."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from demo.cluster import RedisServer
+from discovery import status
+from discovery.aggregator import Aggregator
+from discovery.ledger import Ledger
+
+RUN = "run-1"
+PARAMS = {"start": "2024-01-01T00:00:00", "end": "2024-01-01T01:00:00", "window_minutes": 60,
+          "day_sweep": False, "all_studies": False}
+FAILED = {"state": "failed", "status": None, "rows": 0, "studies": [], "anomalies": {},
+          "error": "aborted", "seconds": 0.1}
+
+
+def test_retry_failed_mirror_says_running_before_any_window_is_sent(
+        redis_server: RedisServer, broker_url: str, tmp_path: Path) -> None:
+    """Query tasks of a finished run stand down, so a re-opened run must say ``running``
+    before a worker can receive one of its windows."""
+    client = redis_server.client()
+    seen: list[str] = []
+
+    def dispatch(run_id: str, keys: list[str]) -> None:
+        seen.append(status.read(client, run_id)["state"])
+
+    agg = Aggregator(Ledger(tmp_path / "ledger.sqlite3"), client, dispatch)
+    agg.register(RUN, {**PARAMS, "output": str(tmp_path / "out.csv")})
+    agg.record(RUN, "20240101/000000-010000", FAILED, final=True)
+    assert status.read(client, RUN)["state"] == "finished"
+    agg.control("retry_failed", RUN, "nonce")
+    assert seen == ["running"]
