@@ -176,9 +176,7 @@ def mask_url(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # as written: keeps an IPv6 host's brackets
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 

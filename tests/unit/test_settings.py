@@ -1,0 +1,130 @@
+"""discovery.settings: every invalid value stops with one line naming its DISCOVERY_ variable;
+secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from discovery.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    mask_secrets,
+    mask_url,
+    validate_ae_title,
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No DISCOVERY_* from the caller's shell, and no .env from the working directory."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("DISCOVERY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def error_for(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> str:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{name}: "), message
+    return message
+
+
+@pytest.mark.parametrize(("name", "value", "words"), [
+    ("DISCOVERY_PACS_PORT", "0", "greater than or equal to 1"),
+    ("DISCOVERY_PACS_PORT", "70000", "less than or equal to 65535"),
+    ("DISCOVERY_PACS_PORT", "abc", "valid integer"),
+    ("DISCOVERY_CALLED_AET", "A" * 17, "at most 16"),
+    ("DISCOVERY_CALLING_AET", "AB\\CD", "backslash"),
+    ("DISCOVERY_CALLING_AET", "   ", "must not be empty"),
+    ("DISCOVERY_CALLING_AET", "AB\tCD", "control characters"),
+    ("DISCOVERY_WINDOW_MINUTES", "0", "greater than or equal to 1"),
+    ("DISCOVERY_WINDOW_MINUTES", "-1", "greater than or equal to 1"),
+    ("DISCOVERY_WINDOW_MINUTES", "1441", "less than or equal to 1440"),
+    ("DISCOVERY_BROKER_URL", "amqp://guest:guest@localhost//", "redis:// or rediss://"),
+    ("DISCOVERY_BROKER_URL", "localhost:6379", "redis:// or rediss://"),
+    ("DISCOVERY_MAX_ATTEMPTS", "0", "greater than or equal to 1"),
+    ("DISCOVERY_DIMSE_TIMEOUT", "0", "greater than 0"),
+    ("DISCOVERY_LOG_LEVEL", "LOUD", "DEBUG"),
+    ("DISCOVERY_DAY_SWEEP", "perhaps", "valid boolean"),
+])
+def test_invalid_value_one_line(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
+                                words: str) -> None:
+    message = error_for(monkeypatch, name, value)
+    assert words in message
+
+
+def test_url_values_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = error_for(monkeypatch, "DISCOVERY_BROKER_URL", "amqp://me:s3cret@host//")
+    assert "s3cret" not in message and "me:" not in message
+
+
+def test_values_shown_when_harmless(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "(got '70000')" in error_for(monkeypatch, "DISCOVERY_PACS_PORT", "70000")
+
+
+def test_tls_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DISCOVERY_TLS_ENABLED", "true")
+    monkeypatch.setenv("DISCOVERY_TLS_CA_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(SettingsError, match=r"^DISCOVERY_TLS_CA_FILE: no such file: "):
+        load_settings()
+    (tmp_path / "ca.pem").write_text("x")
+    monkeypatch.setenv("DISCOVERY_TLS_CA_FILE", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("DISCOVERY_TLS_CERT_FILE", str(tmp_path / "ca.pem"))
+    with pytest.raises(SettingsError, match="TLS_CERT_FILE and DISCOVERY_TLS_KEY_FILE go"):
+        load_settings()
+
+
+def test_valid_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCOVERY_CALLED_AET", " ORTHANC ")
+    monkeypatch.setenv("DISCOVERY_LOG_LEVEL", "debug")
+    monkeypatch.setenv("DISCOVERY_WINDOW_MINUTES", "1440")
+    monkeypatch.setenv("DISCOVERY_PACS_PORT", "65535")
+    monkeypatch.setenv("DISCOVERY_BROKER_URL", "rediss://:pw@broker:6380/1")
+    s = load_settings()
+    assert (s.called_aet, s.log_level, s.window_minutes) == ("ORTHANC", "DEBUG", 1440)
+    assert s.pacs_label == "ORTHANC@127.0.0.1:65535"
+    assert s.masked()["broker_url"] == "rediss://:***@broker:6380/1"
+    assert "pw" not in str(s.masked())
+
+
+def test_dotenv_read_from_working_directory(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DISCOVERY_PACS_PORT=11112\n")
+    assert Settings().pacs_port == 11112
+
+
+def test_validate_ae_title() -> None:
+    assert validate_ae_title("A" * 16) == "A" * 16
+    for bad in ("", "A" * 17, "A\\B", "A\x7fB"):
+        with pytest.raises(ValueError):
+            validate_ae_title(bad)
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+    ("redis://user:secret@host/0", "redis://user:***@host/0"),
+    ("rediss://:p%40ss@host", "rediss://:***@host"),
+    ("redis://:secret@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
+    ("redis://host:6379/0", "redis://host:6379/0"),
+    ("redis://user@host/0", "redis://user@host/0"),
+])
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_mask_secrets() -> None:
+    text = ("Error 111 connecting to redis://:hunter2@10.0.0.5:6379/0; "
+            "fallback amqp://guest:guest@localhost// failed")
+    out = mask_secrets(text)
+    assert "hunter2" not in out and "guest@" not in out
+    assert out == ("Error 111 connecting to redis://:***@10.0.0.5:6379/0; "
+                   "fallback amqp://guest:***@localhost// failed")
+    assert mask_secrets("no url here: host:6379") == "no url here: host:6379"
