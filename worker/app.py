@@ -52,7 +52,7 @@ app.conf.update(
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
     },
-    broker_use_ssl=False,
+    broker_use_ssl=settings.broker_ssl() or False,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
     worker_send_task_events=True,

@@ -117,7 +117,7 @@ def record_result(self, run_id: str, key: str, outcome: dict, final: bool) -> st
             log.error("run %s window %s: result dropped, the run was never registered",
                       run_id, key)
             return "dropped"
-        raise self.retry(countdown=5)
+        raise self.retry(countdown=5, **result_repr(run_id, key, outcome, final))
     return "recorded"
 
 
