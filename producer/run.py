@@ -44,6 +44,10 @@ def broker(settings: Settings) -> redis.Redis:
         raise PermanentError(f"the broker {mask_url(settings.broker_url)} refused our password: "
                              "fix DISCOVERY_BROKER_URL") from None
     except redis.RedisError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise PermanentError(f"the broker {mask_url(settings.broker_url)} has a TLS "
+                                 "certificate we do not trust: set DISCOVERY_BROKER_CA_FILE to "
+                                 "the CA that signed it") from None
         raise TransientError(f"cannot reach the broker {mask_url(settings.broker_url)} "
                              f"({type(exc).__name__}): start Redis or fix DISCOVERY_BROKER_URL"
                              ) from None
