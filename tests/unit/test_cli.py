@@ -1,0 +1,96 @@
+"""producer.cli: bad input stops with exit 2 and one line, before any broker or PACS is used."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from producer import cli
+
+
+@pytest.fixture(autouse=True)
+def no_services(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Nothing to talk to: if a test ever got past input checking it would fail fast (exit 6)
+    on a closed port instead of passing."""
+    for name in list(os.environ):
+        if name.startswith("DISCOVERY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISCOVERY_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("DISCOVERY_PACS_PORT", "1")
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("python -m producer: error: "), err
+    return message
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    ([], "--start and --end are required"),
+    (["--start", "2024-01-01"], "--start and --end are required"),
+    (["--end", "2024-01-01"], "--start and --end are required"),
+    (["--start", "2024-01-01", "--end", "2024-01-02", "--status", "R1"], "do not combine"),
+    (["--end", "2024-01-02", "--resume", "R1"], "do not combine"),
+    (["--resume", "R1", "--status", "R1"], "not allowed with argument"),
+    (["--retry-failed", "R1", "--resume", "R1"], "not allowed with argument"),
+    (["--start", "2024-13-01", "--end", "2024-12-31"], "is not a date: use YYYY-MM-DD"),
+    (["--start", "2024-01-01", "--end", "01/02/2024"], "is not a date"),
+    (["--start", "2024-01-01T25:00", "--end", "2024-01-02"], "is not a date"),
+    (["--start", "2024-01-05", "--end", "2024-01-01"], "is not after --start"),
+    (["--start", "2024-01-01T10:00", "--end", "2024-01-01T10:00"], "is not after --start"),
+    (["--start", "2024-01-01", "--end", "2024-01-02", "--timeout", "soon"], "invalid float"),
+    (["--start", "2024-01-01", "--end", "2024-01-02", "--frobnicate"], "unrecognized"),
+])
+def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], words: str) -> None:
+    assert words in usage_error(capsys, argv)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("DISCOVERY_PACS_PORT", "70000"),
+    ("DISCOVERY_CALLING_AET", "A" * 17),
+    ("DISCOVERY_WINDOW_MINUTES", "0"),
+    ("DISCOVERY_BROKER_URL", "amqp://guest:s3cret@localhost//"),
+])
+def test_bad_settings(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                      name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    assert cli.main(["--start", "2024-01-01", "--end", "2024-01-02"]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"pacs-discovery: {name}: ")
+    assert "s3cret" not in err
+
+
+def test_output_is_a_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["--start", "2024-01-01", "--end", "2024-01-02", "--output", str(tmp_path)]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == f"pacs-discovery: --output {tmp_path} is a directory: give a file path\n"
+
+
+def test_output_folder_not_writable(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a regular file where a folder should be: not writable, even by root
+    blocker.chmod(0o644)
+    argv = ["--start", "2024-01-01", "--end", "2024-01-02", "--output",
+            str(blocker / "sub" / "out.csv")]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pacs-discovery: cannot write the CSV: ")
+    assert "DISCOVERY_OUTPUT" in err
+
+
+def test_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes: 0 complete; 2 bad input or settings; 3 incomplete" in out
