@@ -84,6 +84,12 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
     written = report.write_csv(paths["csv"], ledger.studies(run_id, params["all_studies"]))
     if params.get("excel_safe"):
         report.write_excel_csv(paths["excel"], ledger.studies(run_id, params["all_studies"]))
+    if verdict == report.COMPLETE:
+        # An earlier finish was incomplete (then --retry-failed or --resume): its CSV is
+        # superseded, and nothing beside the output may look like a second answer.
+        stale = report.output_paths(Path(params["output"]), report.INCOMPLETE)
+        stale["csv"].unlink(missing_ok=True)
+        stale["excel"].unlink(missing_ok=True)
     cov = coverage(ledger, run_id, verdict, reasons)
     report.write_json(paths["report"], cov)
     summary = {

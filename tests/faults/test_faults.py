@@ -234,3 +234,120 @@ def test_eight_processes_never_exceed_two_associations(sim, make_cluster,
     assert stats["max_concurrent_associations"] == 2
     assert stats["rejected_associations"] == 0
     assert stats["total_associations"] >= 26  # the preflight, 24 windows, 1 day sweep
+
+
+# -- the PACS goes away, or refuses us -------------------------------------------------------------
+
+ORTHANC_DAY = generate_studies(date(2024, 1, 1), days=1, per_day=16, seed=11)
+#: Orthanc that knows one calling AE title (DISCOVERY) and rejects every other (PS3.8 reject
+#: 1/1/3), like a clinical PACS: nothing is allowed without a DicomModalities entry.
+STRICT = {"DicomAlwaysAllowEcho": False, "DicomAlwaysAllowFind": False,
+          "DicomAlwaysAllowStore": False, "DicomCheckCalledAet": True,
+          "DicomModalities": {"discovery": ["DISCOVERY", "127.0.0.1", 104]}}
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    with OrthancServer(tmp_path / "orthanc", extra_config=STRICT) as server:
+        server.store(ORTHANC_DAY)
+        yield server
+
+
+def test_pacs_down_for_30_seconds(orthanc: OrthancServer, make_cluster, broker_url: str,
+                                  tmp_path: Path) -> None:
+    """Orthanc stops mid-run and comes back on the same port 30 s later; retries with backoff
+    (20 attempts, at most 5 s apart) outlast the outage."""
+    cluster = make_cluster(orthanc, DISCOVERY_PACS_MAX_QUERIES_PER_SECOND="2",
+                           DISCOVERY_MAX_ATTEMPTS="20", DISCOVERY_RETRY_BACKOFF="1",
+                           DISCOVERY_RETRY_BACKOFF_MAX="5")
+    cluster.worker(concurrency=2)
+    cluster.aggregator()
+    producer, run_id = started_run(cluster, broker_url)
+    port = orthanc.port
+    orthanc.stop()
+    time.sleep(30)
+    assert progress(broker_url, run_id)["windows_open"] > 0  # the outage was mid-run
+    orthanc.start(port=port)
+    assert finished(producer) == 0, cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(ORTHANC_DAY)
+
+
+def queued(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    return int(client.llen("queries")) + int(client.llen("results"))
+
+
+def test_wrong_calling_aet_wrong_port_and_a_stop_during_the_run(
+        orthanc: OrthancServer, make_cluster, broker_url: str, tmp_path: Path) -> None:
+    wrong = make_cluster(orthanc, DISCOVERY_CALLING_AET="WRONG")
+    # Preflight: one line naming the setting, exit 5, nothing enqueued.
+    done = wrong.producer(*DAY, "--wait", timeout=60)
+    assert (done.returncode, done.stdout) == (5, ""), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "DISCOVERY_CALLING_AET" in done.stderr
+    assert "calling AE title not recognized" in done.stderr
+    assert queued(broker_url) == 0
+    # A port where nothing listens: exit 6, one line naming the port setting, nothing enqueued.
+    nowhere = make_cluster(orthanc, DISCOVERY_PACS_PORT=str(free_port()))
+    done = nowhere.producer(*DAY, "--wait", timeout=60)
+    assert (done.returncode, done.stdout) == (6, ""), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "DISCOVERY_PACS_PORT" in done.stderr
+    assert queued(broker_url) == 0
+    # Without the preflight the workers meet the rejection: the run stops at once (exit 5),
+    # its windows stay open; fixed workers and --resume finish it exactly.
+    wrong.worker(concurrency=2)
+    wrong.aggregator()
+    done = wrong.producer(*DAY, "--skip-preflight", "--wait", timeout=60)
+    assert done.returncode == 5, done.stdout + done.stderr + wrong.logs()[-5000:]
+    assert "DISCOVERY_CALLING_AET" in done.stderr
+    run_id = done.stdout.split()[1].rstrip(":")
+    assert progress(broker_url, run_id)["windows_open"] == 25
+    for proc in wrong.processes[:1]:
+        proc.stop()  # the misconfigured query worker
+    right = make_cluster(orthanc)
+    right.worker(concurrency=2)
+    done = right.producer("--resume", run_id, "--wait", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr + wrong.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(ORTHANC_DAY)
+
+
+# -- status, resume, retry ---------------------------------------------------------------------
+
+def test_status_unknown_run_and_retry_failed(sim, make_cluster, broker_url: str,
+                                             tmp_path: Path) -> None:
+    """Every C-FIND is aborted (both attempts): the run ends incomplete, exit 3. With the
+    PACS fixed, ``--retry-failed`` completes it; ``--status`` shows it running, then done."""
+    scp = sim({"abort_after_rows": 0})
+    cluster = make_cluster(scp, DISCOVERY_WINDOW_MINUTES="720", DISCOVERY_MAX_ATTEMPTS="2")
+    cluster.worker(concurrency=2)
+    cluster.aggregator()
+    done = cluster.producer(*DAY, "--skip-preflight", "--wait")
+    assert done.returncode == 3, done.stdout + done.stderr + cluster.logs()[-5000:]
+    incomplete = tmp_path / "out" / "dicom_query_results.incomplete.csv"
+    assert read_csv(incomplete) == []
+    run_id = done.stdout.split()[1].rstrip(":")
+    assert scp.stats()["aborted_associations"] == 6  # 2 windows and 1 day sweep, 2 attempts
+    shown = cluster.producer("--status", run_id)
+    assert shown.returncode == 3 and f"run {run_id}: INCOMPLETE" in shown.stdout, shown.stderr
+    assert "windows ok 0, failed 3" in shown.stdout
+
+    unknown = cluster.producer("--resume", "20240101-000000-abcdef")
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert unknown.stderr.splitlines() == [
+        "pacs-discovery: unknown run id '20240101-000000-abcdef': the aggregator's ledger has "
+        "no such run"]
+
+    scp.restart({"delay_ms": 1500})  # fixed, and slow enough to be seen running
+    retried = cluster.producer("--retry-failed", run_id)
+    assert retried.returncode == 0, retried.stderr
+    assert f"run {run_id}: retry failed sent; 3 windows open" in retried.stdout
+    running = cluster.producer("--status", run_id)
+    assert running.returncode == 0, running.stderr
+    assert running.stdout.startswith(f"run {run_id}: running\n")
+    wait_until(lambda: progress(broker_url, run_id).get("state") == "finished", 60,
+               "the retried run does not finish")
+    shown = cluster.producer("--status", run_id)
+    assert shown.returncode == 0 and f"run {run_id}: COMPLETE" in shown.stdout, shown.stderr
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    assert not incomplete.exists()  # superseded
