@@ -19,10 +19,11 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 
 from discovery.outcome import COMPLETE, FAILED, REFUSED, TRUNCATED
-from discovery.windows import Window, parse_key, parse_tm
+from discovery.windows import Window, day_span, parse_key, parse_tm
 
 OPEN = ("dispatched",)
 FINAL = ("done", "split", "incomplete", "failed")
@@ -151,8 +152,9 @@ class Ledger:
         """Apply one window's outcome in one transaction.
 
         ``final`` says the worker will not retry a failed outcome (attempts exhausted).
-        ``day_span`` limits what a day sweep may add: studies whose time is outside the run's
-        span of that day were not asked for.
+        Only studies the run asked for are added (see :func:`_asked_for`): a row dated outside
+        the run's range is counted (``outside_window``) but not listed. ``day_span`` does the
+        same for a day sweep when the run's parameters hold no ``start``/``end``.
         """
         window = parse_key(key)
         now = time.time()
@@ -176,7 +178,10 @@ class Ledger:
                 db.execute("COMMIT")
                 return Recorded(accepted=True)
             studies = outcome.get("studies", [])
-            if window.is_sweep and day_span is not None:
+            span = _run_span(db, run_id)
+            if span is not None:
+                studies = [s for s in studies if _asked_for(s, *span)]
+            elif window.is_sweep and day_span is not None:
                 studies = [s for s in studies if _sweep_keeps(s, day_span)]
             db.executemany(
                 _UPSERT,
@@ -321,6 +326,31 @@ class Ledger:
             "SELECT accession, date, time, patient_id, uid, description FROM studies"
             f" WHERE run_id = ?{where} ORDER BY date, time, uid", (run_id,)
         )
+
+
+def _run_span(db: sqlite3.Connection, run_id: str) -> tuple[datetime, datetime] | None:
+    row = db.execute("SELECT params FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    params = json.loads(row[0]) if row else {}
+    if "start" not in params or "end" not in params:
+        return None
+    return datetime.fromisoformat(params["start"]), datetime.fromisoformat(params["end"])
+
+
+def _asked_for(study: dict, start: datetime, end: datetime) -> bool:
+    """A study inside the run's range ``[start, end)``: dated on one of its days, at a time
+    inside the run's span of that day. A date or time that cannot be read does not exclude it
+    (an empty, absent or odd StudyTime is what the day sweep is for). A PACS that answers a
+    single-date query with a row of another day (PS3.4 C.2.2.2.5 forbids it) would otherwise
+    put a study outside the range into the CSV."""
+    raw = (study.get("date") or "").strip()
+    if not (len(raw) == 8 and raw.isascii() and raw.isdigit()):
+        return True
+    try:
+        day = date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
+    except ValueError:
+        return True
+    lo, hi = day_span(start, end, day)
+    return lo < hi and _sweep_keeps(study, (lo, hi))
 
 
 def _sweep_keeps(study: dict, day_span: tuple[int, int]) -> bool:

@@ -217,3 +217,18 @@ def test_survives_reopen(tmp_path: Path) -> None:
         assert led.progress(RUN)["windows_done"] == 1
     finally:
         led.close()
+
+
+def test_only_studies_inside_the_run_are_listed(ledger: Ledger) -> None:
+    """A PACS answering a single-date query with a row of another day, or a time outside the
+    run: counted by the worker (outside_window), never listed in the CSV."""
+    start, end = datetime(2024, 1, 1, 10), datetime(2024, 1, 2)
+    windows = plan(start, end, 60)
+    assert ledger.create_run(RUN, {"start": start.isoformat(), "end": end.isoformat()},
+                             windows + sweeps(windows))
+    found = [rec("1.1"), rec("1.2", day="20240102"), rec("1.3", day="20231231"),
+             rec("1.4", "0930"), rec("1.5", ""), rec("1.6", day=""), rec("1.7", day="2024-01-01")]
+    ledger.record(RUN, windows[0].key, outcome(studies=found), final=False)
+    ledger.record(RUN, "20240101/day", outcome(studies=[rec("1.8", day="20240102")]),
+                  final=False)
+    assert [r[4] for r in ledger.studies(RUN, True)] == ["1.6", "1.7", "1.5", "1.1"]
