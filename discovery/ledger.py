@@ -58,8 +58,20 @@ INSERT INTO studies (run_id, uid, date, time, accession, patient_id, description
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_id, uid) DO UPDATE SET
     by_window = max(by_window, excluded.by_window),
-    conflict = conflict OR (patient_id != excluded.patient_id)
-"""
+    conflict = conflict OR (patient_id != excluded.patient_id
+                            AND instr(patient_id || excluded.patient_id, char(65533)) = 0),
+    date = CASE WHEN {swap} THEN excluded.date ELSE date END,
+    time = CASE WHEN {swap} THEN excluded.time ELSE time END,
+    accession = CASE WHEN {swap} THEN excluded.accession ELSE accession END,
+    patient_id = CASE WHEN {swap} THEN excluded.patient_id ELSE patient_id END,
+    description = CASE WHEN {swap} THEN excluded.description ELSE description END,
+    desc = CASE WHEN {swap} THEN excluded.desc ELSE desc END
+""".format(
+    # Text that could not be decoded holds U+FFFD (discovery.studies): a clean copy of the
+    # same study from another query replaces it, and it never counts as a Patient ID conflict.
+    swap="instr(accession || patient_id || description, char(65533)) > 0 AND instr("
+         "excluded.accession || excluded.patient_id || excluded.description, char(65533)) = 0"
+)
 
 
 @dataclass

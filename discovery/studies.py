@@ -134,20 +134,28 @@ def parse_identifier(ds: Dataset, window: Window | None = None) -> tuple[dict | 
 
 
 def parse_rows(rows: list[Dataset], window: Window | None) -> tuple[list[dict], Counter[str]]:
-    """All identifiers of one query -> unique records (first answer wins) and anomaly counts.
+    """All identifiers of one query -> unique records (first answer wins, unless it was
+    undecodable and a later one decodes cleanly) and anomaly counts.
 
     Repeated answers for one StudyInstanceUID (pynetdicom's qrscp answers once per instance
     at STUDY level) are counted as ``repeated``.
     """
     counts: Counter[str] = Counter()
     seen: dict[str, dict] = {}
+    garbled: set[str] = set()
     for ds in rows:
         record, found = parse_identifier(ds, window)
         counts.update(found)
         if record is None:
             continue
-        if record["uid"] in seen:
+        uid = record["uid"]
+        if uid in seen:
             counts["repeated"] += 1
+            if uid in garbled and "undecodable" not in found:
+                seen[uid] = record
+                garbled.discard(uid)
             continue
-        seen[record["uid"]] = record
+        seen[uid] = record
+        if "undecodable" in found:
+            garbled.add(uid)
     return list(seen.values()), counts

@@ -232,3 +232,18 @@ def test_only_studies_inside_the_run_are_listed(ledger: Ledger) -> None:
     ledger.record(RUN, "20240101/day", outcome(studies=[rec("1.8", day="20240102")]),
                   final=False)
     assert [r[4] for r in ledger.studies(RUN, True)] == ["1.6", "1.7", "1.5", "1.1"]
+
+
+def test_clean_copy_replaces_undecodable_and_is_no_conflict(ledger: Ledger) -> None:
+    sweep, w1 = Window(DAY, -1, -1), Window(DAY, 36000, 39600)
+    register(ledger, [sweep, w1])
+    garbled = rec("1.1", patient_id="\ufffdBAD", desc="Sch\ufffddel")
+    ledger.record(RUN, w1.key, outcome(studies=[garbled, rec("1.2", patient_id="P2")]),
+                  final=False)
+    ledger.record(RUN, sweep.key, outcome(studies=[rec("1.1", desc="Schädel"),
+                                                   rec("1.2", patient_id="\ufffdP2")]),
+                  final=False, day_span=(0, DAY_SECONDS))
+    rows = {r[4]: r for r in ledger.studies(RUN, True)}
+    assert (rows["1.1"][3], rows["1.1"][5]) == ("P1", "Schädel")  # the clean copy
+    assert rows["1.2"][3] == "P2"  # a garbled copy never replaces a clean one
+    assert ledger.conflict_uids(RUN) == [] and ledger.anomalies(RUN) == {}

@@ -213,6 +213,16 @@ def test_parse_rows_dedups_and_counts() -> None:
     assert counts == {"repeated": 1, "outside_window": 1, "missing_uid": 1}
 
 
+def test_parse_rows_prefers_a_clean_copy_of_an_undecodable_answer() -> None:
+    bad = wire(base(charset=b"ISO_IR 192", patient_id=b"\xffBAD"))
+    good = wire(base(charset=b"ISO_IR 192"))
+    records, counts = parse_rows([bad, good, bad], WINDOW)
+    assert [r["patient_id"] for r in records] == ["PID1"]
+    assert counts == {"undecodable": 2, "repeated": 2}
+    records, _ = parse_rows([bad], WINDOW)
+    assert records[0]["patient_id"] == "\ufffdBAD"  # no clean copy: kept as it decoded
+
+
 # --- hostile answers ----------------------------------------------------------------------
 
 _VRS = ["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD",
