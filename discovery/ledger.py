@@ -257,7 +257,8 @@ class Ledger:
         )
 
     def reset_failed(self, run_id: str) -> list[str]:
-        """Failed (and incomplete) windows go back to dispatched, with fresh attempts."""
+        """Failed windows go back to dispatched, with fresh attempts. (Incomplete windows are
+        at the one-second floor already: asking again gives the same truncated answer.)"""
         now = time.time()
         db = self._tx()
         keys = [r[0] for r in db.execute(

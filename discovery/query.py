@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from discovery.dimse import PacsConnection, study_query
-from discovery.outcome import TRUNCATED, classify
+from discovery.outcome import classify
 from discovery.studies import parse_rows
 from discovery.windows import Window
 
@@ -31,8 +31,6 @@ def run_window(conn: PacsConnection, window: Window, settings: Settings) -> dict
     max_rows = sweep_limit(settings) if window.is_sweep else 0
     result = conn.find(study_query(window), max_rows=max_rows)
     state = classify(result.status, len(result.rows), settings.pacs_max_results, result.cancelled)
-    if result.cancelled:
-        state = TRUNCATED
     studies, anomalies = parse_rows(result.rows, window)
     if result.undecodable:
         anomalies["undecodable"] += result.undecodable

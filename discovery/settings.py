@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     """Everything pacs-discovery can be told; DICOM's own words where DICOM has one."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        env_ignore_empty=True,
     )
 
     # The PACS
@@ -180,12 +181,12 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-_PASSWORD_IN_URL = re.compile(r"(\w+://[^:/@\s]*:)([^@\s]+)(@)")
+_URL_IN_TEXT = re.compile(r"\w+://\S+")
 
 
 def mask_secrets(text: str) -> str:
-    """Mask any ``scheme://user:password@`` found inside free text (error messages)."""
-    return _PASSWORD_IN_URL.sub(r"\1***\3", text)
+    """Mask the password of any URL found inside free text (error messages)."""
+    return _URL_IN_TEXT.sub(lambda m: mask_url(m.group()), text)
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -91,6 +91,7 @@ def query_window(self, run_id: str, key: str) -> str:  # type: ignore[no-untyped
              "none" if outcome["status"] is None else f"0x{outcome['status']:04X}",
              outcome["rows"], len(outcome["studies"]), outcome["seconds"], attempt,
              extra={"run_id": run_id, "window": key, "state": outcome["state"],
+                    "status": outcome["status"],
                     "rows": outcome["rows"], "seconds": outcome["seconds"], "attempt": attempt})
     if not final:
         # The ledger expects the next attempt then; the watchdog does not send it twice.
