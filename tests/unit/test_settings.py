@@ -128,3 +128,17 @@ def test_mask_secrets() -> None:
     assert out == ("Error 111 connecting to redis://:***@10.0.0.5:6379/0; "
                    "fallback amqp://guest:***@localhost// failed")
     assert mask_secrets("no url here: host:6379") == "no url here: host:6379"
+
+
+def test_password_with_at_sign_masked_whole() -> None:
+    out = mask_secrets("cannot reach redis://:p@ss@host:6379/0 now")
+    assert out == "cannot reach redis://:***@host:6379/0 now"
+
+
+def test_empty_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`.env.example` ships `DISCOVERY_TLS_CA_FILE=` empty: that must mean the default."""
+    monkeypatch.setenv("DISCOVERY_TLS_CA_FILE", "")
+    monkeypatch.setenv("DISCOVERY_PACS_PORT", "")
+    s = Settings()
+    assert s.tls_ca_file is None
+    assert s.pacs_port == 104
