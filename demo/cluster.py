@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import IO, Self
 
 import redis
 
-from demo.servers import ServerError, free_port, wait_for_port
+from demo.servers import ServerError, free_port, stop_group, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = [sys.executable, "-m", "celery"]
@@ -57,22 +56,7 @@ class Process:
     def stop(self, timeout: float = 15.0) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if proc.returncode is None:
-                proc.wait(5.0)
+            stop_group(proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

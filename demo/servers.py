@@ -98,6 +98,30 @@ def c_store(host: str, port: int, aet: str, studies: Iterable[Study]) -> int:
     return count
 
 
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM the process group, SIGKILL what is left after ``timeout``, and reap it.
+
+    Forked children of the group (dcmqrscp forks one per association, Celery its pool) may
+    still be exiting after the leader; the last SIGKILL makes sure they are gone.
+    """
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc.returncode is None:
+        proc.wait(5.0)
+
+
 class _Server:
     """Common process handling: start in a new session, log to files, kill the group."""
 
@@ -158,23 +182,7 @@ class _Server:
         """Terminate the process group (SIGTERM, then SIGKILL) and close the log."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            # Forked children of the group may still be exiting; make sure they are gone.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if proc.returncode is None:
-                proc.wait(5.0)
+            stop_group(proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

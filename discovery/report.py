@@ -39,33 +39,8 @@ def _atomic_write(path: Path, write, *, encoding: str = "utf-8") -> None:  # typ
         raise
 
 
-def write_csv(path: Path, rows: Iterable[tuple[str, ...]]) -> int:
-    """RFC 4180 CSV (``newline=''``, minimal quoting), UTF-8, byte-faithful values."""
-    count = 0
-
-    def write(fh) -> None:  # type: ignore[no-untyped-def]
-        nonlocal count
-        out = csv.writer(fh, lineterminator="\r\n")
-        out.writerow(HEADER)
-        for row in rows:
-            out.writerow(row)
-            count += 1
-
-    _atomic_write(Path(path), write)
-    return count
-
-
-def excel_cell(value: str) -> str:
-    """Neutralise spreadsheet formulas (CSV injection): prefix a single quote."""
-    return "'" + value if value.startswith(_EXCEL_TRIGGERS) else value
-
-
-def write_excel_csv(path: Path, rows: Iterable[tuple[str, ...]]) -> int:
-    """A second file for spreadsheets: UTF-8 with BOM, formula-looking cells quoted."""
-    return write_csv_encoded(path, ((excel_cell(v) for v in row) for row in rows), "utf-8-sig")
-
-
-def write_csv_encoded(path: Path, rows: Iterable[Iterable[str]], encoding: str) -> int:
+def write_csv(path: Path, rows: Iterable[Iterable[str]], encoding: str = "utf-8") -> int:
+    """RFC 4180 CSV (``newline=''``, CRLF, minimal quoting), byte-faithful values."""
     count = 0
 
     def write(fh) -> None:  # type: ignore[no-untyped-def]
@@ -78,6 +53,16 @@ def write_csv_encoded(path: Path, rows: Iterable[Iterable[str]], encoding: str) 
 
     _atomic_write(Path(path), write, encoding=encoding)
     return count
+
+
+def excel_cell(value: str) -> str:
+    """Neutralise spreadsheet formulas (CSV injection): prefix a single quote."""
+    return "'" + value if value.startswith(_EXCEL_TRIGGERS) else value
+
+
+def write_excel_csv(path: Path, rows: Iterable[tuple[str, ...]]) -> int:
+    """A second file for spreadsheets: UTF-8 with BOM, formula-looking cells quoted."""
+    return write_csv(path, ((excel_cell(v) for v in row) for row in rows), "utf-8-sig")
 
 
 def write_json(path: Path, data: dict) -> None:
