@@ -259,9 +259,10 @@ def _why_no_connection(s: Settings) -> tuple[str, bool]:
     if s.tls_enabled:
         tls = _tls_context(s)
         assert tls is not None
-        return _tls_trouble(s, _handshake(s, tls[0]))
+        return _tls_trouble(s, _handshake(s, tls[0], s.connect_timeout))
     waited = time.monotonic() - start
-    if _speaks_tls(_handshake(s, _any_server())):
+    # A TLS server answers a ClientHello at once; a silent DICOM server must not cost long.
+    if _speaks_tls(_handshake(s, _any_server(), min(3.0, s.connect_timeout))):
         return (
             "the port speaks DICOM TLS: set DISCOVERY_TLS_ENABLED=true and "
             "DISCOVERY_TLS_CA_FILE (and DISCOVERY_TLS_CERT_FILE/KEY_FILE if the PACS asks "
@@ -293,13 +294,13 @@ def _any_server() -> ssl.SSLContext:
     return ctx
 
 
-def _handshake(s: Settings, ctx: ssl.SSLContext) -> OSError | None:
+def _handshake(s: Settings, ctx: ssl.SSLContext, timeout: float) -> OSError | None:
     """One TLS handshake with ``ctx``: the error, or ``None`` when the PACS accepted it. With
     TLS 1.3 a refused client certificate arrives as an alert just after the handshake, so we
     wait briefly for it."""
     try:
         with (
-            socket.create_connection((s.pacs_host, s.pacs_port), timeout=s.connect_timeout) as raw,
+            socket.create_connection((s.pacs_host, s.pacs_port), timeout=timeout) as raw,
             ctx.wrap_socket(raw, server_hostname=s.pacs_host) as conn,
         ):
             conn.settimeout(min(1.0, s.connect_timeout))
