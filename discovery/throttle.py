@@ -56,6 +56,10 @@ def pacs_key(kind: str, host: str, port: int, aet: str) -> str:
 class AssociationLease:
     """A context manager holding one of ``limit`` association slots for the PACS."""
 
+    #: Seconds a slot stays taken after our release: the PACS counts an association until it
+    #: has seen the connection close, a few milliseconds after A-RELEASE-RP reached us.
+    RELEASE_GRACE = 0.1
+
     def __init__(self, client: redis.Redis, key: str, limit: int, ttl: float,
                  wait: float = 600.0) -> None:
         self.client, self.key, self.limit, self.ttl, self.wait = client, key, limit, ttl, wait
@@ -94,8 +98,10 @@ class AssociationLease:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._stop.set()
+        if self._beat is not None:
+            self._beat.join()  # a renewal in flight must not re-add the lease after this
         try:
-            self.client.zrem(self.key, self.token)
+            self.client.zadd(self.key, {self.token: time.time() + self.RELEASE_GRACE}, xx=True)
         except redis.RedisError:  # it expires by itself
             pass
 

@@ -222,18 +222,20 @@ def test_visibility_timeout_shorter_than_a_slow_task(sim, make_cluster, tmp_path
 
 def test_eight_processes_never_exceed_two_associations(sim, make_cluster,
                                                        tmp_path: Path) -> None:
-    scp = sim({"delay_ms": 200, "max_associations": 2})
+    """Many hand-overs (50 short C-FINDs): a slot is free again only once the PACS has let go
+    of the association, a few milliseconds after our A-RELEASE."""
+    scp = sim({"delay_ms": 100, "max_associations": 2})
     cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="2")
     cluster.worker(concurrency=4)
     cluster.worker(concurrency=4)
     cluster.aggregator()
-    done = cluster.producer(*DAY, "--wait")
+    done = cluster.producer("--start", "2024-01-01", "--end", "2024-01-02", "--wait")
     assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
     assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
     stats = scp.stats()
     assert stats["max_concurrent_associations"] == 2
     assert stats["rejected_associations"] == 0
-    assert stats["total_associations"] >= 26  # the preflight, 24 windows, 1 day sweep
+    assert stats["total_associations"] >= 51  # the preflight, 48 windows, 2 day sweeps
 
 
 # -- the PACS goes away, or refuses us -------------------------------------------------------------
