@@ -20,9 +20,10 @@ from discovery.errors import PermanentError, TransientError
 from discovery.ledger import Ledger
 from discovery.query import failed_outcome, run_window
 from discovery.retry import backoff
-from discovery.throttle import AssociationLease, pace, pacs_key
+from discovery.throttle import pace, pacs_key
 from discovery.windows import parse_key
 from worker.app import QUERIES, RESULTS, app, settings
+from worker.session import session
 
 log = logging.getLogger("discovery.worker")
 UNKNOWN_RUN_RETRIES = 120
@@ -72,12 +73,13 @@ def query_window(self, run_id: str, key: str) -> str:  # type: ignore[no-untyped
     started = time.monotonic()
     s = settings
     try:
-        lease = AssociationLease(client, pacs_key("assoc", s.pacs_host, s.pacs_port, s.called_aet),
-                                 s.pacs_max_associations, s.association_lease)
-        with lease, PacsConnection(s) as conn:
+        def ask(conn: PacsConnection) -> dict:
             pace(client, pacs_key("pace", s.pacs_host, s.pacs_port, s.called_aet),
                  s.pacs_max_queries_per_second)
-            outcome = run_window(conn, window, s)
+            return run_window(conn, window, s)
+
+        # This process's association, kept open for the next window (worker/session.py).
+        outcome = session(client, s).query(ask)
     except PermanentError as exc:
         # Leave the window open: --resume sends it again once the setting is fixed.
         status.stop_run(client, run_id, str(exc))

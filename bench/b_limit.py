@@ -1,0 +1,105 @@
+"""B. Against the PACS limit: the simulated PACS (``python -m demo.simscp``) answers each C-FIND
+after a fixed delay; pacs-discovery runs with 1, 2, 4, 8 and 16 concurrent associations, with
+the Celery prefork pool and with the threads pool. The limit a PACS allows is
+``windows x delay / associations``; we report wall time / limit.
+
+The day sweep is off here (``DISCOVERY_DAY_SWEEP=false``): the limit counts hourly windows only,
+as the issue defines it. Benchmark A runs with the day sweep on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from bench.common import PY, Scale, Table, csv_uids, discovery_env, plain_env, run_discovery
+from demo.cluster import ROOT, RedisServer
+from demo.simscp import generate_studies
+
+DELAY_MS = 50
+PER_HOUR = 5
+START = date(2024, 1, 1)
+POOLS = ("prefork", "threads")
+
+
+class SimPacs:
+    """``python -m demo.simscp`` as a subprocess on a free port, with its stats file."""
+
+    def __init__(self, workdir: Path, config: dict) -> None:
+        self.workdir, self.config = workdir, config
+        self.host, self.aet, self.port = "127.0.0.1", "SIMPACS", 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def stats_path(self) -> Path:
+        return self.workdir / "stats.json"
+
+    def stats(self) -> dict:
+        return json.loads(self.stats_path.read_text())
+
+    def __enter__(self) -> SimPacs:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = self.workdir / "config.json"
+        cfg.write_text(json.dumps(self.config))
+        self.proc = subprocess.Popen(
+            [PY, "-m", "demo.simscp", "--port", "0", "--aet", self.aet, "--config", str(cfg),
+             "--stats", str(self.stats_path)],
+            cwd=ROOT, env=plain_env(), stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "simscp.log", "wb"),  # noqa: SIM115
+        )
+        deadline = time.monotonic() + 60
+        while not (self.stats_path.exists() and self.stats().get("port")):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"simscp did not start: see {self.workdir / 'simscp.log'}")
+            time.sleep(0.1)
+        self.port = int(self.stats()["port"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+
+def run(scale: Scale, workdir: Path) -> Table:
+    generate = {"start": START.strftime("%Y%m%d"), "days": scale.b_days, "per_hour": PER_HOUR,
+                "seed": 2}
+    expected = sorted(s["study_uid"] for s in generate_studies(**generate))  # type: ignore[arg-type]
+    windows = 24 * scale.b_days
+    last = START + timedelta(days=scale.b_days - 1)
+    table = Table(
+        f"B. Against the PACS limit: simulated PACS, {DELAY_MS} ms per C-FIND, {scale.b_days} "
+        f"days = {windows} hourly windows, {len(expected)} studies",
+        ["associations", "pool", "wall s", "limit s", "wall / limit", "PACS saw: max concurrent",
+         "associations", "C-FINDs", "same studies"],
+    )
+    with RedisServer(workdir / "redis") as redis:
+        for n in scale.b_associations:
+            for pool in POOLS:
+                wd = workdir / f"{pool}-{n}"
+                with SimPacs(wd / "pacs", {"generate": generate, "delay_ms": DELAY_MS}) as pacs:
+                    env = discovery_env(redis, pacs.host, pacs.port, pacs.aet, wd,
+                                        DISCOVERY_PACS_MAX_ASSOCIATIONS=str(n),
+                                        DISCOVERY_DAY_SWEEP="false")
+                    done = run_discovery(redis, wd, env, START.isoformat(), last.isoformat(),
+                                         concurrency=n, pool=pool)
+                    stats = pacs.stats()
+                limit = windows * DELAY_MS / 1000 / n
+                uids = sorted(csv_uids(done.csv))
+                table.add(n, pool, f"{done.seconds:.2f}", f"{limit:.2f}",
+                          f"{done.seconds / limit:.2f}", stats["max_concurrent_associations"],
+                          stats["total_associations"], stats["total_queries"],
+                          "yes" if uids == expected else f"NO ({len(uids)} found)")
+    table.notes += [
+        "limit = windows x delay / associations; wall = `python -m producer --wait` start "
+        "(workers and aggregator already ready) to CSV written, including the producer's start "
+        "and preflight (one C-ECHO and one C-FIND, which also wait for the delay)",
+        "`celery -A worker worker -Q queries -c N [-P threads]`, "
+        "DISCOVERY_PACS_MAX_ASSOCIATIONS=N, DISCOVERY_DAY_SWEEP=false, `--all-studies`",
+        "PACS saw: counted by the simulated PACS itself (max concurrent associations must not "
+        "exceed N; associations opened; C-FIND requests incl. the preflight's)",
+    ]
+    return table

@@ -1,0 +1,180 @@
+"""Shared parts of the benchmarks: scales, environments, the real cluster, tables, memory."""
+
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from demo.cluster import ROOT, Cluster, RedisServer
+from demo.servers import OrthancServer
+from demo.studies import Study
+
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one benchmark run: ``full`` is what docs/benchmarks.md reports, ``quick``
+    checks that everything works in a minute or two."""
+
+    name: str
+    a_days: int = 7
+    a_per_day: int = 500
+    b_days: int = 30
+    b_associations: tuple[int, ...] = (1, 2, 4, 8, 16)
+    c_sizes: tuple[int, ...] = (100_000, 1_000_000)
+    d_queries: int = 200
+
+
+SCALES = {
+    "full": Scale("full"),
+    "quick": Scale("quick", a_days=1, a_per_day=100, b_days=2, b_associations=(1, 4),
+                   c_sizes=(10_000, 50_000), d_queries=30),
+}
+
+
+def plain_env(**extra: str) -> dict[str, str]:
+    """Our environment without TCP_NODELAY (DCMTK tools read it) and without DISCOVERY_*."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "TCP_NODELAY" and not k.startswith("DISCOVERY_")}
+    env.update(extra)
+    return env
+
+
+def discovery_env(redis: RedisServer, host: str, port: int, aet: str, workdir: Path,
+                  **extra: str) -> dict[str, str]:
+    """The settings of one pacs-discovery contender (like tests/conftest.py ``make_cluster``)."""
+    return {
+        "DISCOVERY_PACS_HOST": host,
+        "DISCOVERY_PACS_PORT": str(port),
+        "DISCOVERY_CALLED_AET": aet,
+        "DISCOVERY_CALLING_AET": "BENCH",
+        "DISCOVERY_BROKER_URL": redis.url,
+        "DISCOVERY_STATE_DIR": str(workdir / "state"),
+        "DISCOVERY_OUTPUT": str(workdir / "out" / "dicom_query_results.csv"),
+        **extra,
+    }
+
+
+@dataclass
+class Discovered:
+    seconds: float
+    csv: Path
+    returncode: int
+    output: str
+
+
+def run_discovery(redis: RedisServer, workdir: Path, env: Mapping[str, str], start: str,
+                  end: str, concurrency: int, pool: str | None = None,
+                  producer_args: Sequence[str] = ("--all-studies",)) -> Discovered:
+    """Start a query worker (``-c concurrency``, ``-P pool``) and the aggregator, wait until
+    both are ready, then time ``python -m producer --start --end --wait`` from its start to its
+    exit (the CSV is written before the producer sees the run finished)."""
+    redis.client().flushall()
+    out = workdir / "out" / "dicom_query_results.csv"
+    with Cluster(workdir, {**plain_env(), **env}) as cluster:
+        cluster.worker(concurrency=concurrency, pool=pool)
+        cluster.aggregator()
+        cluster.wait_ready(120)
+        started = time.time()
+        done = cluster.producer("--start", start, "--end", end, "--wait", "--output", str(out),
+                                *producer_args, timeout=1800)
+        # Until the CSV was written (its mtime), not until the producer's next poll noticed.
+        seconds = (out.stat().st_mtime if out.exists() else time.time()) - started
+        if done.returncode != 0 or not out.exists():
+            raise RuntimeError(f"pacs-discovery failed ({done.returncode}):\n{done.stdout}\n"
+                               f"{done.stderr}\n{cluster.logs()[-4000:]}")
+    return Discovered(seconds, out, done.returncode, done.stdout)
+
+
+def csv_uids(path: Path) -> list[str]:
+    """The Study UID column of a result CSV (the header names the column)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [row["Study UID"] for row in csv.DictReader(fh)]
+
+
+def seed_orthanc(server: OrthancServer, studies: Sequence[Study], threads: int = 4) -> int:
+    """Upload over REST in a few parallel streams (seeding is not what we measure)."""
+    chunks = [studies[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(server.store, chunks))
+
+
+def orthanc_as_shipped(workdir: Path) -> OrthancServer:
+    """Orthanc as Debian ships it: no TCP_NODELAY in its environment."""
+    server = OrthancServer(workdir, aet="ORTHANC", encoding="Utf8")
+    server.tcp_nodelay = False
+    return server
+
+
+def vm_kib(pid: int, field_name: str = "VmHWM") -> int:
+    """A ``/proc/<pid>/status`` memory field in KiB (VmHWM = peak resident set size)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (the Celery pool processes of a worker)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+@dataclass
+class Table:
+    """A result table: printed aligned, pasted into docs/benchmarks.md as Markdown."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *cells: object) -> None:
+        self.rows.append([_cell(c) for c in cells])
+        print("  " + " | ".join(self.rows[-1]), flush=True)
+
+    def markdown(self) -> str:
+        widths = [max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h)
+                  for i, h in enumerate(self.headers)]
+
+        def line(cells: Sequence[str]) -> str:
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+        out = [f"### {self.title}", "", line(self.headers),
+               "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        out += [line(r) for r in self.rows]
+        if self.notes:
+            out += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(out)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

@@ -1,0 +1,178 @@
+"""One association per worker process (or pool thread), reused for many windows.
+
+Opening an association costs more than a small C-FIND (A-ASSOCIATE, two pynetdicom threads,
+A-RELEASE, and the lease's release grace): see docs/benchmarks.md, benchmark D. So a query
+worker keeps its :class:`~discovery.dimse.PacsConnection` open between tasks, and holds its
+association lease (:class:`~discovery.throttle.AssociationLease`) for exactly as long, so that
+``DISCOVERY_PACS_MAX_ASSOCIATIONS`` still bounds the associations of all workers together.
+
+It closes the association (A-RELEASE, lease returned):
+
+* after ``DISCOVERY_ASSOCIATION_IDLE_SECONDS`` without a query (0 = after every window, the
+  old behaviour); keep it below the PACS's own idle timeout (Orthanc: 5 s);
+* after a query when another worker waits for a slot (a counter in Redis), so workers that
+  outnumber the slots take turns instead of waiting until the queue is empty;
+* on any error (aborted, never reused), and when the worker process shuts down.
+
+A reused association the PACS has dropped meanwhile (its idle timeout, a restart) fails the
+next C-FIND without a status; that one query is asked again at once on a fresh association
+before it counts as a failed attempt.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import redis
+from celery import signals
+
+from discovery.dimse import PacsConnection
+from discovery.throttle import AssociationLease, pacs_key
+
+if TYPE_CHECKING:
+    from discovery.settings import Settings
+
+#: Seconds the "someone waits for a slot" counter outlives its last waiter (a killed waiter
+#: cannot decrement it; meanwhile holders only release more often than needed).
+WAITERS_TTL = 660
+
+
+class Session:
+    """The association of one worker process or pool thread, with its lease."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client, self.settings = client, settings
+        s = settings
+        self.lease_key = pacs_key("assoc", s.pacs_host, s.pacs_port, s.called_aet)
+        self.wait_key = pacs_key("assoc-wait", s.pacs_host, s.pacs_port, s.called_aet)
+        self.lock = threading.RLock()
+        self.conn: PacsConnection | None = None
+        self.lease: AssociationLease | None = None
+        self.last_used = 0.0
+        self._closer: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return self.conn is not None and self.conn.is_open
+
+    def query(self, run: Callable[[PacsConnection], dict]) -> dict:
+        """``run(conn)`` on this session's association (opened, with its lease, if needed);
+        returns its outcome. Errors propagate after the association is aborted."""
+        with self.lock:
+            reused = self.is_open
+            try:
+                outcome = run(self._open())
+                if reused and outcome.get("status") is None:
+                    # Dropped while idle (PACS idle timeout): ask once more on a fresh one.
+                    self.close(abort=True)
+                    outcome = run(self._open())
+            except BaseException:
+                self.close(abort=True)
+                raise
+            self.last_used = time.monotonic()
+            if (not self.is_open or self.settings.association_idle_seconds <= 0
+                    or self._others_wait()):
+                self.close()
+            else:
+                self._start_closer()
+            return outcome
+
+    def _open(self) -> PacsConnection:
+        if self.conn is not None and self.conn.is_open:
+            return self.conn
+        self.close(abort=True)  # a connection that died: return its slot first
+        s = self.settings
+        lease = AssociationLease(self.client, self.lease_key, s.pacs_max_associations,
+                                 s.association_lease)
+        self._enter_waiting(lease)
+        try:
+            conn = PacsConnection(s)
+            conn.open()
+        except BaseException:
+            lease.__exit__(None, None, None)
+            raise
+        self.conn, self.lease = conn, lease
+        return conn
+
+    def _enter_waiting(self, lease: AssociationLease) -> None:
+        """Take a slot; while waiting, let holders know (they release after their query)."""
+        try:
+            pipe = self.client.pipeline()
+            pipe.incr(self.wait_key)
+            pipe.expire(self.wait_key, WAITERS_TTL)
+            pipe.execute()
+        except redis.RedisError:
+            pass
+        try:
+            lease.__enter__()
+        finally:
+            try:
+                self.client.decr(self.wait_key)
+            except redis.RedisError:
+                pass
+
+    def _others_wait(self) -> bool:
+        try:
+            return int(self.client.get(self.wait_key) or 0) > 0
+        except (redis.RedisError, ValueError):
+            return True  # cannot tell: do not keep a slot someone may need
+
+    def close(self, abort: bool = False) -> None:
+        """Release (or abort) the association, then return the lease."""
+        with self.lock:
+            conn, lease, self.conn, self.lease = self.conn, self.lease, None, None
+            if conn is not None:
+                conn.close(abort=abort)
+            if lease is not None:
+                lease.__exit__(None, None, None)
+
+    def _start_closer(self) -> None:
+        if self._closer is None or not self._closer.is_alive():
+            self._closer = threading.Thread(target=self._close_when_idle, daemon=True,
+                                            name="association-idle-closer")
+            self._closer.start()
+
+    def _close_when_idle(self) -> None:
+        idle = self.settings.association_idle_seconds
+        while True:
+            with self.lock:
+                if self.conn is None:
+                    return
+                left = self.last_used + idle - time.monotonic()
+                if left <= 0:
+                    self.close()
+                    return
+            self._wake.wait(left)
+
+
+_local = threading.local()
+_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+def session(client: redis.Redis, settings: Settings) -> Session:
+    """This thread's session (prefork: one per child process; threads pool: one per thread)."""
+    current = getattr(_local, "session", None)
+    if current is None:
+        current = _local.session = Session(client, settings)
+        _sessions.add(current)
+    return current
+
+
+def close_all(**_: object) -> None:
+    """Release every open association of this process (worker shutdown, process exit)."""
+    for s in list(_sessions):
+        try:
+            s.close()
+        except Exception:  # noqa: BLE001 - shutting down; the lease expires by itself
+            pass
+
+
+signals.worker_process_shutdown.connect(close_all, weak=False)
+signals.worker_shutdown.connect(close_all, weak=False)
+atexit.register(close_all)
