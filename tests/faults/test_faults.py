@@ -188,6 +188,21 @@ def test_redis_flushall_mid_run(sim, make_cluster, redis_server: RedisServer, br
     assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
 
 
+def test_redis_flushall_before_the_aggregator_read_the_registration(
+        sim, make_cluster, redis_server: RedisServer, broker_url: str, tmp_path: Path) -> None:
+    """The aggregator is not running yet when Redis is flushed: the registration is gone too.
+    The producer's --wait sees no progress and sends it again; the watchdog does the rest."""
+    scp = sim({"delay_ms": 300})
+    cluster = make_cluster(scp, DISCOVERY_REDISPATCH_AFTER="3")
+    cluster.worker(concurrency=2)
+    producer = cluster.producer_async(*DAY, "--wait")
+    wait_until(lambda: scp.stats()["total_queries"] >= 4, 60, "no C-FIND")
+    redis_server.client().flushall()
+    cluster.aggregator()
+    assert finished(producer) == 0, cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+
+
 def test_redis_restart_mid_run(sim, make_cluster, tmp_path: Path) -> None:
     """Redis stops and comes back empty (no persistence) on the same port."""
     with RedisServer(tmp_path / "redis") as broker:
@@ -305,6 +320,8 @@ def test_wrong_calling_aet_wrong_port_and_a_stop_during_the_run(
     assert "DISCOVERY_CALLING_AET" in done.stderr
     run_id = done.stdout.split()[1].rstrip(":")
     assert progress(broker_url, run_id)["windows_open"] == 25
+    # one association per worker process at most; every other task stood down
+    assert wrong.processes[0].log().count("rejected the association") <= 2
     for proc in wrong.processes[:1]:
         proc.stop()  # the misconfigured query worker
     right = make_cluster(orthanc)
