@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from demo.cluster import ROOT, Cluster, Process, RedisServer
-from demo.servers import OrthancServer, free_port, wait_for_port
+from demo.servers import OrthancServer, free_port
 from demo.simscp import generate_studies as sim_studies
 from demo.studies import generate_studies
 from discovery import status
