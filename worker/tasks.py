@@ -87,6 +87,15 @@ def query_window(self, run_id: str, key: str) -> str:  # type: ignore[no-untyped
         return "stopped"
     except TransientError as exc:
         outcome = failed_outcome(str(exc), time.monotonic() - started)
+    except Exception as exc:
+        # A bug or an unforeseen answer must not leave the window silently open until the
+        # watchdog: report it as a failed attempt (retried, then failed in the report). Only
+        # the type is logged at ERROR; the traceback, which may quote values, only at DEBUG.
+        log.error("run %s window %s: unexpected %s in the worker", run_id, key,
+                  type(exc).__name__)
+        log.debug("traceback", exc_info=True)
+        outcome = failed_outcome(f"unexpected {type(exc).__name__} in the worker",
+                                 time.monotonic() - started)
     final = outcome["state"] != "failed" or attempt >= s.max_attempts
     log.info("run %s window %s: %s status=%s rows=%d studies=%d %.3fs attempt %d",
              run_id, key, outcome["state"],
