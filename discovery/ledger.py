@@ -285,6 +285,10 @@ class Ledger:
             "SELECT COUNT(*), COALESCE(SUM(desc != 'present'), 0),"
             " COALESCE(SUM(desc != 'absent'), 0) FROM studies WHERE run_id = ?", (run_id,)
         ).fetchone()
+        sweeps = dict(self.db.execute(
+            "SELECT state, COUNT(*) FROM windows WHERE run_id = ? AND sweep = 1"
+            " AND state IN ('incomplete', 'failed') GROUP BY state", (run_id,)
+        ).fetchall())
         open_ = counts.get("dispatched", 0)
         leaves = sum(v for k, v in counts.items() if k != "split")
         return {
@@ -292,6 +296,8 @@ class Ledger:
             "windows_done": counts.get("done", 0), "windows_split": counts.get("split", 0),
             "windows_failed": counts.get("failed", 0),
             "windows_incomplete": counts.get("incomplete", 0),
+            "sweeps_incomplete": sweeps.get("incomplete", 0),
+            "sweeps_failed": sweeps.get("failed", 0),
             "studies": studies, "lacking_description": lacking,
             "description_returned": described,
         }

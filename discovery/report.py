@@ -89,12 +89,24 @@ def verdict(progress: dict, day_sweep: bool, all_studies: bool = False) -> tuple
     inventory (``--all-studies``) does not depend on the description, so it stays complete
     and says so in a note."""
     reasons = []
-    if progress["windows_failed"]:
-        reasons.append(f"{progress['windows_failed']} window(s) failed after every attempt")
-    if progress["windows_incomplete"]:
+    sweeps_failed = progress.get("sweeps_failed", 0)
+    sweeps_incomplete = progress.get("sweeps_incomplete", 0)
+    failed = progress["windows_failed"] - sweeps_failed
+    incomplete = progress["windows_incomplete"] - sweeps_incomplete
+    if failed:
+        reasons.append(f"{failed} window(s) failed after every attempt; once the PACS is "
+                       "reachable: python -m producer --retry-failed RUN_ID --wait")
+    if incomplete:
         reasons.append(
-            f"{progress['windows_incomplete']} window(s) or day sweep(s) could not be covered "
-            "(truncated or refused even at the smallest window)"
+            f"{incomplete} window(s) still truncated or refused at one second: their exact "
+            "ranges are listed as uncovered in the coverage report"
+        )
+    if sweeps_failed + sweeps_incomplete:
+        reasons.append(
+            f"{sweeps_failed + sweeps_incomplete} day(s) not reconciled (the date-only day "
+            "sweep was truncated, refused or failed): studies without a StudyTime on those "
+            "days may be missing; raise the PACS's result limit, or set "
+            "DISCOVERY_DAY_SWEEP=false to accept that risk"
         )
     if progress["windows_open"]:
         reasons.append(f"{progress['windows_open']} window(s) never reported")

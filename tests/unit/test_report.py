@@ -141,11 +141,23 @@ def test_verdict_incomplete_reasons() -> None:
         progress(windows_failed=2, windows_incomplete=1, windows_open=4), True)
     assert verdict == report.INCOMPLETE
     assert reasons == [
-        "2 window(s) failed after every attempt",
-        "1 window(s) or day sweep(s) could not be covered (truncated or refused even at the "
-        "smallest window)",
+        "2 window(s) failed after every attempt; once the PACS is reachable: "
+        "python -m producer --retry-failed RUN_ID --wait",
+        "1 window(s) still truncated or refused at one second: their exact ranges are "
+        "listed as uncovered in the coverage report",
         "4 window(s) never reported",
     ]
+
+
+def test_verdict_names_days_not_reconciled() -> None:
+    """A truncated or failed day sweep is its own reason, with what to do about it."""
+    verdict, reasons = report.verdict(
+        progress(windows_failed=1, windows_incomplete=2, sweeps_failed=1,
+                 sweeps_incomplete=1), True)
+    assert verdict == report.INCOMPLETE
+    assert reasons[0].startswith("1 window(s) still truncated")
+    assert reasons[1].startswith("2 day(s) not reconciled")
+    assert "DISCOVERY_DAY_SWEEP=false" in reasons[1]
     assert report.verdict(progress(windows_open=1, description_returned=0), True)[0] == (
         report.INCOMPLETE)
 
