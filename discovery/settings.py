@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     redispatch_after: float = Field(600.0, ge=1)
     visibility_timeout: int = Field(7200, ge=5)
     watchdog_interval: float = Field(30.0, ge=1)
-    association_lease: float = Field(300.0, ge=5)
+    association_lease: float = Field(60.0, ge=5)
     association_idle_seconds: float = Field(2.0, ge=0)
 
     # Logs
