@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from discovery.errors import PermanentError, TransientError
 from discovery.windows import Window

@@ -43,7 +43,7 @@ def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str]) -> d
         if not any(d["date"] == iso for d in days):
             days.append({"date": iso, "studies": 0, "found_only_by_day_sweep": 0,
                          "reconciliation": _reconciliation(sw, True)})
-    days.sort(key=lambda d: d["date"])
+    days.sort(key=lambda d: str(d["date"]))
     progress = ledger.progress(run_id)
     return {
         "run_id": run_id,
