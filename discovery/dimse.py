@@ -40,6 +40,8 @@ PENDING = (0xFF00, 0xFF01)
 SUCCESS = 0x0000
 CANCEL = 0xFE00
 
+_LOST_ANSWER_TRIES = 3
+
 # Reject reasons for source 1, "DICOM UL service-user" (PS3.8 Table 9-21).
 _USER_REASONS = {
     1: "no reason given",
@@ -144,12 +146,20 @@ class PacsConnection:
             ae.add_requested_context(uid)
         handlers: list = [(evt.EVT_CONN_OPEN, _set_nodelay)] if s.tcp_nodelay else []
         tls = _tls_context(s)
-        try:
-            assoc = ae.associate(
-                s.pacs_host, s.pacs_port, ae_title=s.called_aet, tls_args=tls, evt_handlers=handlers
-            )
-        except (OSError, ssl.SSLError) as exc:  # pragma: no cover - pynetdicom catches most
-            raise TransientError(f"cannot connect to {s.pacs_label}: {exc}") from None
+        for _ in range(_LOST_ANSWER_TRIES):
+            started = time.monotonic()
+            try:
+                assoc = ae.associate(s.pacs_host, s.pacs_port, ae_title=s.called_aet,
+                                     tls_args=tls, evt_handlers=handlers)
+            except (OSError, ssl.SSLError) as exc:  # pragma: no cover - pynetdicom catches most
+                raise TransientError(f"cannot connect to {s.pacs_label}: {exc}") from None
+            # A DCMTK-based PACS (Orthanc) that rejects us may reset the connection right after
+            # its A-ASSOCIATE-RJ; now and then the reset discards the RJ before we read it, and
+            # the association ends at once with no answer at all. Asking again gets the RJ.
+            lost_answer = (not assoc.is_established and assoc.acceptor.primitive is None
+                           and time.monotonic() - started < 1.0)
+            if not lost_answer:
+                break
         if assoc.is_established:
             if not any(cx.abstract_syntax in self._contexts for cx in assoc.accepted_contexts):
                 assoc.abort()
