@@ -141,12 +141,12 @@ class Cluster:
             argv += ["-P", pool]
         return self._start("worker", argv + list(extra))
 
-    def aggregator(self) -> Process:
-        """``celery -A worker worker -Q results -c 1``"""
+    def aggregator(self, pool: str | None = None) -> Process:
+        """``celery -A worker worker -Q results -c 1 [-P pool]``"""
         argv = CELERY + ["-A", "worker", "worker", "-Q", "results", "-c", "1",
                          "-n", f"aggregator{self._n + 1}@%h", "--without-heartbeat",
                          "--without-mingle", "--without-gossip"]
-        return self._start("aggregator", argv)
+        return self._start("aggregator", argv + (["-P", pool] if pool else []))
 
     def producer(self, *args: str, timeout: float = 300,
                  env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:

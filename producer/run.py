@@ -87,13 +87,14 @@ def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: 
     windows = planned_windows(params)
     if not args.skip_preflight:
         preflight(settings, Window(start.date(), 0, 1))
-    _warn_without_consumers(app, QUERIES, RESULTS)
     run_id = new_run_id()
     app.send_task("discovery.register_run", (run_id, params), queue=RESULTS)
     with app.producer_or_acquire() as producer:
         for w in windows:
             app.send_task("discovery.query_window", (run_id, w.key), queue=QUERIES,
                           producer=producer)
+    # After enqueueing: the check waits a second for replies, while the workers start already.
+    _warn_without_consumers(app, QUERIES, RESULTS)
     sweeps = sum(1 for w in windows if w.is_sweep)
     print(f"run {run_id}: {len(windows) - sweeps} windows and {sweeps} day sweeps enqueued "
           f"({describe(settings)})", flush=True)
