@@ -125,21 +125,23 @@ class Cluster:
         self.processes: list[Process] = []
         self._n = 0
 
-    def _start(self, name: str, argv: list[str]) -> Process:
+    def _start(self, name: str, argv: list[str],
+               extra_env: Mapping[str, str] | None = None) -> Process:
         self._n += 1
-        proc = Process(name, argv, self.env, self.workdir / f"{name}-{self._n}.log").start()
+        env = {**self.env, **(extra_env or {})}
+        proc = Process(name, argv, env, self.workdir / f"{name}-{self._n}.log").start()
         self.processes.append(proc)
         return proc
 
     def worker(self, concurrency: int = 2, pool: str | None = None,
-               extra: Sequence[str] = ()) -> Process:
-        """``celery -A worker worker -Q queries``"""
+               extra: Sequence[str] = (), extra_env: Mapping[str, str] | None = None) -> Process:
+        """``celery -A worker worker -Q queries``; ``extra_env`` overrides settings for it."""
         argv = CELERY + ["-A", "worker", "worker", "-Q", "queries", "-c", str(concurrency),
                          "-n", f"queries{self._n + 1}@%h", "--without-heartbeat",
                          "--without-mingle", "--without-gossip"]
         if pool:
             argv += ["-P", pool]
-        return self._start("worker", argv + list(extra))
+        return self._start("worker", argv + list(extra), extra_env)
 
     def aggregator(self, pool: str | None = None) -> Process:
         """``celery -A worker worker -Q results -c 1 [-P pool]``"""

@@ -80,6 +80,7 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
     progress = ledger.progress(run_id)
     verdict, reasons = report.verdict(progress, params.get("day_sweep", True),
                                      bool(params.get("all_studies")))
+    reasons = [r.replace("RUN_ID", run_id) for r in reasons]
     paths = report.output_paths(Path(params["output"]), verdict)
     written = report.write_csv(paths["csv"], ledger.studies(run_id, params["all_studies"]))
     if params.get("excel_safe"):

@@ -93,20 +93,22 @@ def verdict(progress: dict, day_sweep: bool, all_studies: bool = False) -> tuple
     sweeps_incomplete = progress.get("sweeps_incomplete", 0)
     failed = progress["windows_failed"] - sweeps_failed
     incomplete = progress["windows_incomplete"] - sweeps_incomplete
-    if failed:
-        reasons.append(f"{failed} window(s) failed after every attempt; once the PACS is "
-                       "reachable: python -m producer --retry-failed RUN_ID --wait")
+    if failed or sweeps_failed:
+        what = [f"{failed} window(s)"] if failed else []
+        what += [f"{sweeps_failed} day sweep(s)"] if sweeps_failed else []
+        reasons.append(f"{' and '.join(what)} failed after every attempt (the PACS did not "
+                       "answer); once it does: python -m producer --retry-failed RUN_ID --wait")
     if incomplete:
         reasons.append(
             f"{incomplete} window(s) still truncated or refused at one second: their exact "
             "ranges are listed as uncovered in the coverage report"
         )
-    if sweeps_failed + sweeps_incomplete:
+    if sweeps_incomplete:
         reasons.append(
-            f"{sweeps_failed + sweeps_incomplete} day(s) not reconciled (the date-only day "
-            "sweep was truncated, refused or failed): studies without a StudyTime on those "
-            "days may be missing; raise the PACS's result limit, or set "
-            "DISCOVERY_DAY_SWEEP=false to accept that risk"
+            f"{sweeps_incomplete} day(s) not reconciled (the PACS truncated or refused the "
+            "date-only day sweep): studies without a StudyTime on those days may be missing; "
+            "raise the PACS's result limit, or set DISCOVERY_DAY_SWEEP=false to accept that "
+            "risk"
         )
     if progress["windows_open"]:
         reasons.append(f"{progress['windows_open']} window(s) never reported")

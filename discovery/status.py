@@ -10,7 +10,16 @@ import json
 
 import redis
 
+from discovery.settings import Settings
+
 TTL = 30 * 86400
+
+
+def target(settings: Settings) -> str:
+    """What a run queries, as every worker must be configured: ``CALLING->CALLED@host:port``.
+    The producer publishes it with the run; a worker configured otherwise stops the run rather
+    than query another PACS (or as another AE title) than the one the report names."""
+    return f"{settings.calling_aet}->{settings.pacs_label}"
 
 
 def run_key(run_id: str) -> str:

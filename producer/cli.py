@@ -4,7 +4,7 @@ Exit codes: 0 every window covered; 1 unexpected error; 2 bad input or settings 
 unknown run id); 3 the run is incomplete (failed or uncovered windows, the coverage report
 names them); 4 the PACS does not return Study Description; 5 the PACS or broker refuses us for
 a reason a setting must fix (AE title, C-FIND not allowed); 6 the broker or the PACS cannot be
-reached.
+reached; 7 ``--wait --timeout`` gave up while the run goes on.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from discovery.settings import Settings, SettingsError, load_settings, mask_secr
 from discovery.windows import WindowError, parse_bound
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
-EXIT_NO_DESCRIPTION, EXIT_CONFIG, EXIT_UNREACHABLE = 4, 5, 6
+EXIT_NO_DESCRIPTION, EXIT_CONFIG, EXIT_UNREACHABLE, EXIT_RUNNING = 4, 5, 6, 7
 VERDICT_EXIT = {"complete": EXIT_OK, "incomplete": EXIT_INCOMPLETE,
                 "no_description": EXIT_NO_DESCRIPTION}
 
@@ -35,7 +35,8 @@ Settings come from DISCOVERY_* environment variables or .env (see .env.example).
 EPILOG = """\
 exit codes: 0 complete; 2 bad input or settings; 3 incomplete (see the coverage report);
 4 the PACS does not return Study Description; 5 a setting must change (AE title, C-FIND not
-allowed); 6 broker or PACS unreachable; 1 unexpected error.
+allowed); 6 broker or PACS unreachable; 7 --timeout gave up, the run goes on; 1 unexpected
+error.
 
 examples:
   python -m producer --start 2024-01-01 --end 2024-01-31 --wait
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     existing.add_argument("--retry-failed", metavar="RUN_ID",
                           help="try the failed windows of RUN_ID again")
     existing.add_argument("--status", metavar="RUN_ID", help="print where RUN_ID stands")
+    existing.add_argument("--cancel", metavar="RUN_ID",
+                          help="stop RUN_ID: workers skip its remaining windows (--resume "
+                               "continues it later)")
     p.add_argument("--wait", action="store_true",
                    help="show progress until the CSV is written, then a summary; the exit "
                         "code says whether every window was covered")
@@ -88,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    existing = args.resume or args.retry_failed or args.status
+    existing = args.resume or args.retry_failed or args.status or args.cancel
     if existing and (args.start or args.end):
         parser.error("--start/--end start a new run; do not combine them with "
                      "--resume, --retry-failed or --status")

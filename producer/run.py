@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 import uuid
+import warnings
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from producer import progress
 from producer.cli import (
     EXIT_CONFIG,
     EXIT_OK,
+    EXIT_RUNNING,
     EXIT_USAGE,
     VERDICT_EXIT,
     UsageError,
@@ -63,7 +65,16 @@ def preflight(settings: Settings, probe: Window) -> None:
         echo = conn.echo()
         if echo not in (0x0000, None):
             print(f"pacs-discovery: note: C-ECHO answered 0x{echo:04X}", file=sys.stderr)
+        started = time.monotonic()
         result = conn.find(study_query(probe))
+        waited = time.monotonic() - started
+    if result.status is None and waited < min(5.0, settings.dimse_timeout):
+        # The association and C-ECHO were fine, then the PACS dropped the C-FIND at once: what
+        # Orthanc does when the calling AE title may not query (DicomModalities).
+        raise PermanentError(f"{settings.pacs_label} accepted the association but dropped a "
+                             f"test C-FIND at once: allow DISCOVERY_CALLING_AET="
+                             f"{settings.calling_aet} to query on the PACS, or set it to an AE "
+                             "title that may")
     if result.status is None:
         raise TransientError(f"{settings.pacs_label} did not answer a test C-FIND "
                              f"({result.error}); check the PACS and DISCOVERY_DIMSE_TIMEOUT")
@@ -88,6 +99,7 @@ def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: 
     if not args.skip_preflight:
         preflight(settings, Window(start.date(), 0, 1))
     run_id = new_run_id()
+    status.publish(client, run_id, {"state": "queued", "target": status.target(settings)})
     app.send_task("discovery.register_run", (run_id, params), queue=RESULTS)
     with app.producer_or_acquire() as producer:
         for w in windows:
@@ -140,7 +152,7 @@ def wait(app, client: redis.Redis, run_id: str, params: dict | None, timeout: fl
             bar.done(state)
             print(f"pacs-discovery: gave up waiting after {timeout:g} s; the run goes on: "
                   f"python -m producer --status {run_id}", file=sys.stderr)
-            return 3
+            return EXIT_RUNNING
         time.sleep(0.5)
 
 
@@ -161,8 +173,18 @@ def existing(args: argparse.Namespace, settings: Settings) -> int:
     from worker.app import app
 
     client = broker(settings)
-    run_id = args.resume or args.retry_failed or args.status
-    action = "resume" if args.resume else "retry_failed" if args.retry_failed else "status"
+    run_id = args.resume or args.retry_failed or args.status or args.cancel
+    action = ("resume" if args.resume else "retry_failed" if args.retry_failed
+              else "cancel" if args.cancel else "status")
+    if action == "cancel":
+        state = _ask(app, client, "status", run_id)
+        if state.get("state") == "unknown":
+            raise UsageError(f"unknown run id {run_id!r}: the aggregator's ledger has no such run")
+        status.stop_run(client, run_id, "cancelled by the operator (python -m producer "
+                        f"--cancel {run_id}); resume with --resume {run_id}")
+        print(f"run {run_id}: cancelled; workers skip its remaining windows (a query already "
+              "running finishes). Resume with: python -m producer --resume " + run_id)
+        return EXIT_OK
     state = _ask(app, client, action, run_id)
     if state.get("state") == "unknown":
         raise UsageError(f"unknown run id {run_id!r}: the aggregator's ledger has no such run")
@@ -179,15 +201,19 @@ def existing(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _warn_without_consumers(app, *queues: str) -> None:  # type: ignore[no-untyped-def]
+    """Warn when no worker answers for a queue. Workers that share a node name (no ``-n``)
+    answer under one name, so Celery keeps one reply: the warning names ``-n`` too."""
     try:
-        active = app.control.inspect(timeout=1.0).active_queues() or {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DuplicateNodenameWarning: handled below
+            active = app.control.inspect(timeout=2.0).active_queues() or {}
     except Exception:
         return
     consumed = {q["name"] for qs in active.values() for q in qs}
     for q in queues:
         if q not in consumed:
-            cmd = "celery -A worker worker -Q results -c 1" if q == "results" else \
-                "celery -A worker worker -Q queries"
+            cmd = "celery -A worker worker -Q results -c 1 -n aggregator@%h" if q == "results" \
+                else "celery -A worker worker -Q queries -n queries@%h"
             print(f"pacs-discovery: warning: no worker consumes queue {q!r} yet; start `{cmd}`",
                   file=sys.stderr)
 

@@ -13,6 +13,7 @@ task is delivered again, and the ledger makes the second delivery harmless. Redi
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import sys
 
@@ -30,6 +31,31 @@ except SettingsError as exc:
     print(f"pacs-discovery: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 
+
+
+def _guard_flower(argv: list[str]) -> None:
+    """``celery -A worker flower`` shows every task: never without a password, and on the
+    loopback interface unless FLOWER_ADDRESS says otherwise. FLOWER_BASIC_AUTH may come from
+    the environment or from ``.env`` (Flower itself reads only the environment)."""
+    if "flower" not in argv[1:]:
+        return
+    if not os.environ.get("FLOWER_BASIC_AUTH"):
+        from dotenv import dotenv_values
+
+        value = dotenv_values(".env").get("FLOWER_BASIC_AUTH")
+        if value:
+            os.environ["FLOWER_BASIC_AUTH"] = value
+    given = any(a.startswith(("--basic-auth", "--basic_auth", "--auth")) for a in argv)
+    auth = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if not given and not all(":" in pair and pair.split(":", 1)[0] and pair.split(":", 1)[1]
+                             for pair in auth.split(",")):
+        print("pacs-discovery: Flower refuses to start without credentials: set "
+              "FLOWER_BASIC_AUTH=user:password (environment or .env)", file=sys.stderr)
+        raise SystemExit(2)
+    os.environ.setdefault("FLOWER_ADDRESS", "127.0.0.1")
+
+
+_guard_flower(sys.argv)
 app = Celery("pacs_discovery", broker=settings.broker_url, include=["worker.tasks"])
 app.conf.update(
     task_serializer="json",

@@ -64,7 +64,15 @@ def query_window(self, run_id: str, key: str) -> str:  # type: ignore[no-untyped
     client = redis_client()
     if status.stopped(client, run_id):
         return "stopped"
-    if client.hget(status.run_key(run_id), "state") in (b"finished", "finished"):
+    state, wanted = client.hmget(status.run_key(run_id), "state", "target")
+    if wanted is not None and wanted.decode() != status.target(settings):
+        message = (f"a worker is configured for {status.target(settings)} but the run queries "
+                   f"{wanted.decode()}: give every worker the producer's DISCOVERY_PACS_HOST, "
+                   "DISCOVERY_PACS_PORT, DISCOVERY_CALLED_AET and DISCOVERY_CALLING_AET")
+        status.stop_run(client, run_id, message)
+        log.error("run %s stopped: %s", run_id, message)
+        return "stopped"
+    if state in (b"finished", "finished"):
         # A late copy (redelivered after the visibility timeout, re-sent by the watchdog):
         # the run has its answer; do not ask the PACS again.
         return "finished"

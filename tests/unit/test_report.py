@@ -141,7 +141,7 @@ def test_verdict_incomplete_reasons() -> None:
         progress(windows_failed=2, windows_incomplete=1, windows_open=4), True)
     assert verdict == report.INCOMPLETE
     assert reasons == [
-        "2 window(s) failed after every attempt; once the PACS is reachable: "
+        "2 window(s) failed after every attempt (the PACS did not answer); once it does: "
         "python -m producer --retry-failed RUN_ID --wait",
         "1 window(s) still truncated or refused at one second: their exact ranges are "
         "listed as uncovered in the coverage report",
@@ -155,9 +155,12 @@ def test_verdict_names_days_not_reconciled() -> None:
         progress(windows_failed=1, windows_incomplete=2, sweeps_failed=1,
                  sweeps_incomplete=1), True)
     assert verdict == report.INCOMPLETE
-    assert reasons[0].startswith("1 window(s) still truncated")
-    assert reasons[1].startswith("2 day(s) not reconciled")
-    assert "DISCOVERY_DAY_SWEEP=false" in reasons[1]
+    # a failed sweep is the PACS not answering: retry it; a truncated one needs a bigger limit
+    assert reasons[0].startswith("1 day sweep(s) failed after every attempt")
+    assert "--retry-failed" in reasons[0]
+    assert reasons[1].startswith("1 window(s) still truncated")
+    assert reasons[2].startswith("1 day(s) not reconciled")
+    assert "DISCOVERY_DAY_SWEEP=false" in reasons[2]
     assert report.verdict(progress(windows_open=1, description_returned=0), True)[0] == (
         report.INCOMPLETE)
 

@@ -1,0 +1,82 @@
+"""What an operator can get wrong or want to do mid-run, on real parts: workers configured
+for another PACS than the producer, cancelling and resuming, a PACS that lets us associate but
+not query, and Flower started without credentials."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from demo.cluster import ROOT
+from demo.servers import OrthancServer
+from demo.studies import generate_studies
+from tests.expect import expected_rows, read_csv
+
+STUDIES = generate_studies(date(2024, 3, 1), days=1, per_day=12, seed=3)
+DAY = ("--start", "2024-03-01", "--end", "2024-03-01")
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory):
+    with OrthancServer(tmp_path_factory.mktemp("pacs"), encoding="Utf8") as server:
+        server.store(STUDIES)
+        yield server
+
+
+def test_worker_configured_for_another_pacs_stops_the_run(pacs, make_cluster, tmp_path) -> None:
+    with OrthancServer(tmp_path / "other", aet="OTHER") as other:  # empty, and not the target
+        cluster = make_cluster(pacs)
+        cluster.worker(concurrency=1, extra_env={"DISCOVERY_PACS_PORT": str(other.port),
+                                                  "DISCOVERY_CALLED_AET": "OTHER"})
+        cluster.aggregator()
+        done = cluster.producer(*DAY, "--wait", timeout=120)
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert f"OTHER@127.0.0.1:{other.port}" in done.stderr
+    assert "DISCOVERY_PACS_HOST" in done.stderr and "--resume" in done.stderr
+    assert not (tmp_path / "out" / "dicom_query_results.csv").exists()
+
+
+def test_cancel_then_resume(pacs, make_cluster, tmp_path: Path) -> None:
+    cluster = make_cluster(pacs)
+    cluster.aggregator()
+    started = cluster.producer(*DAY)
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split()[1].rstrip(":")
+    cancel = cluster.producer("--cancel", run_id)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    cluster.worker(concurrency=2)  # every queued window of the run stands down
+    status = cluster.producer("--status", run_id)
+    assert "stopped" in status.stdout and "cancelled by the operator" in status.stdout
+    assert not (tmp_path / "out" / "dicom_query_results.csv").exists()
+    resumed = cluster.producer("--resume", run_id, "--wait", timeout=180)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert read_csv(tmp_path / "out" / "dicom_query_results.csv") == expected_rows(STUDIES)
+
+
+def test_pacs_that_associates_but_refuses_queries(make_cluster, tmp_path: Path) -> None:
+    """Orthanc accepts the association (C-ECHO allowed to all) but drops a C-FIND from an AE
+    title it does not list: exit 5 naming DISCOVERY_CALLING_AET, nothing enqueued."""
+    strict = {"DicomAlwaysAllowFind": False, "DicomAlwaysAllowEcho": True,
+              "DicomModalities": {"known": ["KNOWN", "127.0.0.1", 104]}}
+    with OrthancServer(tmp_path / "strict", extra_config=strict) as orthanc:
+        cluster = make_cluster(orthanc, DISCOVERY_CALLING_AET="STRANGER")
+        done = cluster.producer(*DAY, timeout=60)
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "DISCOVERY_CALLING_AET=STRANGER" in done.stderr
+
+
+@pytest.mark.parametrize("auth", [None, "", "admin"])
+def test_flower_refuses_to_start_without_credentials(tmp_path: Path, auth) -> None:
+    env = {k: v for k, v in __import__("os").environ.items() if k != "FLOWER_BASIC_AUTH"}
+    if auth is not None:
+        env["FLOWER_BASIC_AUTH"] = auth
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "flower"],
+                          cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "set FLOWER_BASIC_AUTH=user:password" in done.stderr
