@@ -20,7 +20,8 @@ MODULES = {"A": "bench.a_seed", "B": "bench.b_limit", "C": "bench.c_aggregator",
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("which", nargs="*", choices=[*MODULES, *map(str.lower, MODULES)],
+    # No argparse choices: with nargs="*" they reject the empty default (run all).
+    parser.add_argument("which", nargs="*", metavar="A|B|C|D",
                         help="benchmarks to run (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, to check that everything works")
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep servers' data and logs here (default: a temp dir, removed)")
     args = parser.parse_args(argv)
     which = [w.upper() for w in args.which] or list(MODULES)
+    unknown = [w for w in which if w not in MODULES]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(MODULES)}")
     scale = SCALES["quick" if args.quick else "full"]
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (f"{command.strip()}  |  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  |  "
