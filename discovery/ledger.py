@@ -192,7 +192,8 @@ class Ledger:
             studies = outcome.get("studies", [])
             span = _run_span(db, run_id)
             if span is not None:
-                studies = [s for s in studies if _asked_for(s, *span)]
+                spans: dict[str, tuple[int, int] | None] = {}  # one day_span per date
+                studies = [s for s in studies if _asked_for(s, *span, spans)]
             elif window.is_sweep and day_span is not None:
                 studies = [s for s in studies if _sweep_keeps(s, day_span)]
             db.executemany(
@@ -355,21 +356,32 @@ def _run_span(db: sqlite3.Connection, run_id: str) -> tuple[datetime, datetime] 
     return datetime.fromisoformat(params["start"]), datetime.fromisoformat(params["end"])
 
 
-def _asked_for(study: dict, start: datetime, end: datetime) -> bool:
+def _asked_for(study: dict, start: datetime, end: datetime,
+               cache: dict[str, tuple[int, int] | None] | None = None) -> bool:
     """A study inside the run's range ``[start, end)``: dated on one of its days, at a time
     inside the run's span of that day. A date or time that cannot be read does not exclude it
     (an empty, absent or odd StudyTime is what the day sweep is for). A PACS that answers a
     single-date query with a row of another day (PS3.4 C.2.2.2.5 forbids it) would otherwise
     put a study outside the range into the CSV."""
     raw = (study.get("date") or "").strip()
-    if not (len(raw) == 8 and raw.isascii() and raw.isdigit()):
+    cache = {} if cache is None else cache
+    if raw not in cache:
+        cache[raw] = _span_of(raw, start, end)
+    span = cache[raw]
+    if span is None:
         return True
+    return span[0] < span[1] and _sweep_keeps(study, span)
+
+
+def _span_of(raw: str, start: datetime, end: datetime) -> tuple[int, int] | None:
+    """The run's seconds of the day ``raw`` (DA), or ``None`` when it is not a readable date."""
+    if not (len(raw) == 8 and raw.isascii() and raw.isdigit()):
+        return None
     try:
         day = date(int(raw[:4]), int(raw[4:6]), int(raw[6:]))
     except ValueError:
-        return True
-    lo, hi = day_span(start, end, day)
-    return lo < hi and _sweep_keeps(study, (lo, hi))
+        return None
+    return day_span(start, end, day)
 
 
 def _sweep_keeps(study: dict, day_span: tuple[int, int]) -> bool:
