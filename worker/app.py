@@ -55,6 +55,21 @@ def _guard_flower(argv: list[str]) -> None:
     os.environ.setdefault("FLOWER_ADDRESS", "127.0.0.1")
 
 
+def consumes_results(argv: list[str]) -> bool:
+    """Whether this is the aggregator's command line (``-Q results`` or ``--queues=results``)."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("-Q", "--queues") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--queues="):
+            value = arg.split("=", 1)[1]
+        elif arg.startswith("-Q") and len(arg) > 2:
+            value = arg[2:]
+        if value is not None and RESULTS in value.split(","):
+            return True
+    return False
+
+
 _guard_flower(sys.argv)
 app = Celery("pacs_discovery", broker=settings.broker_url, include=["worker.tasks"])
 app.conf.update(
@@ -86,6 +101,11 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
 )
+if consumes_results(sys.argv):
+    # The aggregator runs one task at a time anyway: the solo pool runs it in the main process
+    # and saves the hand-over to a pool child, half of its cost per result (docs/benchmarks.md
+    # C). `-P prefork` on the command line still wins.
+    app.conf.worker_pool = "solo"
 
 
 @signals.setup_logging.connect
