@@ -49,7 +49,7 @@ def run(scale: Scale, workdir: Path) -> Table:
                      str(PER_WINDOW), "--output", str(out)],
                     cwd=ROOT, env=cluster.env, capture_output=True, text=True, check=True)
                 _, first, last, windows, sent = feed.stdout.split()
-                agg = cluster.aggregator(pool=None if pool == "prefork" else pool)
+                agg = cluster.aggregator(pool=pool)
                 deadline = time.monotonic() + 1800
                 while not out.exists():
                     if not agg.alive() or time.monotonic() > deadline:
@@ -71,7 +71,8 @@ def run(scale: Scale, workdir: Path) -> Table:
         "from its first message to its last, before the aggregator starts; aggregator s: "
         "run registered by the aggregator (its first message) -> CSV written",
         "`--all-studies`: every study is a CSV row; day sweep off (no duplicate answers)",
-        "aggregator: `celery -A worker worker -Q results -c 1` (prefork), or with `-P solo`; "
+        "aggregator: `celery -A worker worker -Q results -c 1` runs the solo pool (worker/app.py "
+        "sets it for the results queue); the prefork row adds `-P prefork` for comparison; "
         "with solo there is no pool child (0 MB)",
     ]
     return table

@@ -44,6 +44,12 @@ def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str]) -> d
             days.append({"date": iso, "studies": 0, "found_only_by_day_sweep": 0,
                          "reconciliation": _reconciliation(sw, True)})
     days.sort(key=lambda d: str(d["date"]))
+    capped = {f"{d[:4]}-{d[4:6]}-{d[6:]}": (s, f) for d, s, f, _ in ledger.silent_caps(run_id)}
+    for d in days:
+        if d["date"] in capped:
+            s, f = capped[str(d["date"])]
+            d["reconciliation"] = (f"not reconciled (silent cap: the day sweep found {s} "
+                                   f"studies, the windows {f})")
     progress = ledger.progress(run_id)
     return {
         "run_id": run_id,
@@ -52,7 +58,7 @@ def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str]) -> d
         "reasons": reasons,
         "totals": {**progress, "day_sweeps": len(sweeps),
                    "days_not_reconciled": sum(1 for s in sweeps.values()
-                                              if s["status"] != "done")},
+                                              if s["status"] != "done") + len(capped)},
         "anomalies": ledger.anomalies(run_id),
         "patient_id_conflicts": ledger.conflict_uids(run_id),
         "uncovered": uncovered,
@@ -80,6 +86,17 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
     progress = ledger.progress(run_id)
     verdict, reasons = report.verdict(progress, params.get("day_sweep", True),
                                      bool(params.get("all_studies")))
+    caps = ledger.silent_caps(run_id)
+    if caps:
+        largest = max(answers for _, _, _, answers in caps)
+        days = ", ".join(f"{d[:4]}-{d[4:6]}-{d[6:]} ({s} < {f})" for d, s, f, _ in caps[:5])
+        reasons.append(
+            f"{len(caps)} day(s) where the date-only day sweep found fewer studies than the "
+            f"windows ({days}): the PACS stops answering at a fixed count and says Success, so "
+            f"windows may be cut short too; set DISCOVERY_PACS_MAX_RESULTS={largest} (its "
+            "largest answer) and run again"
+        )
+        verdict = report.INCOMPLETE
     reasons = [r.replace("RUN_ID", run_id) for r in reasons]
     paths = report.output_paths(Path(params["output"]), verdict)
     written = report.write_csv(paths["csv"], ledger.studies(run_id, params["all_studies"]))

@@ -320,6 +320,21 @@ class Ledger:
             out["found_only_by_day_sweep"] = sweep_only
         return out
 
+    def silent_caps(self, run_id: str) -> list[tuple[str, int, int, int]]:
+        """Days whose date-only sweep ended in Success with fewer studies than the windows found
+        on that day: (date, sweep studies, window studies, sweep answers). A complete answer to
+        a whole-day query cannot hold fewer studies than answers to parts of it, so the PACS
+        caps its answers without saying so (Success after N rows)."""
+        rows = self.db.execute(
+            "SELECT substr(w.key, 1, 8) AS day, w.studies, w.rows,"
+            " (SELECT COUNT(*) FROM studies s WHERE s.run_id = w.run_id"
+            "  AND s.date = substr(w.key, 1, 8) AND s.by_window = 1)"
+            " FROM windows w WHERE w.run_id = ? AND w.sweep = 1 AND w.state = 'done'"
+            " ORDER BY day", (run_id,)
+        ).fetchall()
+        return [(day, sweep, found, answers) for day, sweep, answers, found in rows
+                if sweep < found]
+
     def conflict_uids(self, run_id: str) -> list[str]:
         return [r[0] for r in self.db.execute(
             "SELECT uid FROM studies WHERE run_id = ? AND conflict ORDER BY uid", (run_id,)

@@ -155,3 +155,18 @@ def test_malformed_rows_counted_and_survived(simscp, make_cluster, tmp_path) -> 
     }
     assert report["patient_id_conflicts"] == []
     assert "anomalies: " in done.stdout and f"missing_uid {queries}" in done.stdout
+
+
+def test_undeclared_silent_cap_is_caught_by_the_day_sweep(simscp, make_cluster, tmp_path) -> None:
+    """A PACS that stops at N answers and says Success, with DISCOVERY_PACS_MAX_RESULTS left
+    at 0 (unknown): the crowded hour is cut short without a sign. The day sweep (also cut at
+    N) found fewer studies than the windows did, which a complete answer cannot: the run is
+    incomplete and names the setting and the value to use."""
+    pacs = simscp({"studies": TIMED, "cap": {"mode": "silent", "limit": N}})
+    done = run(make_cluster(pacs))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"DISCOVERY_PACS_MAX_RESULTS={N}" in done.stdout
+    _, report = results(tmp_path)
+    assert report["verdict"] == "incomplete"
+    day = next(d for d in report["days"] if d["date"] == ISO)
+    assert day["reconciliation"].startswith("not reconciled (silent cap")
