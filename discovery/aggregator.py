@@ -93,7 +93,20 @@ class Aggregator:
         return True
 
     def finish(self, run_id: str) -> dict:
-        summary = finish_run(self.ledger, run_id)
+        try:
+            summary = finish_run(self.ledger, run_id)
+        except OSError as exc:
+            # A full disk, a folder that became a file, a permission: the run is done but its
+            # CSV cannot be written. Stop it with the reason, so --wait ends with it, instead of
+            # trying again at every watchdog tick; --resume writes it once the path is fixed.
+            run = self.ledger.run(run_id) or {"params": {}}
+            where = run["params"].get("output", "the output path")
+            message = (f"cannot write the CSV or its report at {where} "
+                       f"({exc.strerror or type(exc).__name__}): fix the path, its folder or the "
+                       f"free space, then python -m producer --resume {run_id} --wait")
+            log.error("run %s: %s", run_id, message)
+            status.stop_run(self.client, run_id, message)
+            return {}
         log.info("run %s finished: %s, %d studies, %d windows failed, %d incomplete",
                  run_id, summary["verdict"], summary["studies"], summary["windows_failed"],
                  summary["windows_incomplete"])
@@ -141,6 +154,6 @@ class Aggregator:
                             run_id, len(overdue))
             self.publish(run_id)
         for run_id in self.ledger.unfinished_runs():
-            if not self.ledger.open_windows(run_id):
+            if not self.ledger.open_windows(run_id) and not status.stopped(self.client, run_id):
                 self.finish(run_id)
         return total

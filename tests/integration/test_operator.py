@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -80,3 +81,30 @@ def test_flower_refuses_to_start_without_credentials(tmp_path: Path, auth) -> No
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "set FLOWER_BASIC_AUTH=user:password" in done.stderr
+
+
+def test_unwritable_output_stops_the_run_then_resume_writes_it(pacs, make_cluster,
+                                                               tmp_path: Path) -> None:
+    """The output's folder becomes a file after the producer's check (a full disk or lost
+    permissions look the same to the aggregator): the run stops with the path in one message
+    instead of hanging at 'all windows done'; --resume writes the CSV once it is fixed."""
+    target = tmp_path / "later" / "out.csv"
+    cluster = make_cluster(pacs)
+    cluster.aggregator()
+    started = cluster.producer(*DAY, "--output", str(target))
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split()[1].rstrip(":")
+    target.parent.write_text("not a folder")
+    cluster.worker(concurrency=2)
+    deadline = time.monotonic() + 120
+    while True:
+        status = cluster.producer("--status", run_id)
+        if "stopped:" in status.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert f"cannot write the CSV or its report at {target}" in status.stdout
+    assert f"--resume {run_id}" in status.stdout
+    target.parent.unlink()
+    resumed = cluster.producer("--resume", run_id, "--wait", timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert read_csv(target) == expected_rows(STUDIES)
