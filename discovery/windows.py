@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 DAY_SECONDS = 86_400
+#: Windows in one run at the most (hourly: about 114 years); the ledger holds them all.
+MAX_WINDOWS = 1_000_000
 SWEEP = "day"
 
 _KEY = re.compile(r"(\d{8})/(?:(\d{6})-(\d{6})|(day))", re.ASCII)
@@ -168,15 +170,18 @@ def parse_bound(text: str, *, is_end: bool) -> datetime:
     Returns the instant where the range starts, or, for an end, where it stops (exclusive).
     """
     text = text.strip()
+    instant = "T" in text or " " in text
     try:
-        if "T" in text or " " in text:
-            return datetime.strptime(text.replace(" ", "T"), "%Y-%m-%dT%H:%M")
-        day = datetime.strptime(text, "%Y-%m-%d")
+        day = datetime.strptime(text.replace(" ", "T"), "%Y-%m-%dT%H:%M" if instant
+                                else "%Y-%m-%d")
     except ValueError:
         raise WindowError(
             f"{text!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM"
         ) from None
-    return day + timedelta(days=1) if is_end else day
+    if not 1000 <= day.year <= 9998:
+        # A typo such as 0224 for 2024: DA needs four digits, and 9999-12-31 has no day after.
+        raise WindowError(f"{text!r}: the year must be between 1000 and 9998")
+    return day + timedelta(days=1) if is_end and not instant else day
 
 
 def plan(start: datetime, end: datetime, minutes: int) -> list[Window]:
@@ -188,6 +193,10 @@ def plan(start: datetime, end: datetime, minutes: int) -> list[Window]:
         raise WindowError(f"the end ({end:%Y-%m-%d %H:%M}) is not after the start "
                           f"({start:%Y-%m-%d %H:%M})")
     step = minutes * 60
+    estimate = (end - start).total_seconds() / step
+    if estimate > MAX_WINDOWS:
+        raise WindowError(f"the range holds about {int(estimate):,} windows of {minutes} "
+                          f"minutes; split it into runs of at most {MAX_WINDOWS:,}")
     out: list[Window] = []
     day = start.date()
     while datetime.combine(day, time()) < end:

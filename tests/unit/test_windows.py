@@ -275,3 +275,16 @@ def test_parse_bound() -> None:
     for bad in ("2024-13-01", "01/02/2024", "", "2024-01-01T25:00", "yesterday"):
         with pytest.raises(WindowError, match="YYYY-MM-DD"):
             parse_bound(bad, is_end=False)
+
+
+@pytest.mark.parametrize("text", ["0224-01-01", "0224-01-01T10:00", "9999-12-31", "0999-12-31"])
+def test_years_outside_1000_to_9998_are_refused(text: str) -> None:
+    """A typo such as 0224 gave window keys no worker could read (and an endless run);
+    9999-12-31 as an end has no next day (OverflowError)."""
+    with pytest.raises(WindowError, match="year must be between 1000 and 9998"):
+        parse_bound(text, is_end=True)
+
+
+def test_a_range_too_large_is_refused_before_planning() -> None:
+    with pytest.raises(WindowError, match="split it into runs"):
+        plan(datetime(1000, 1, 1), datetime(9000, 1, 1), 60)
