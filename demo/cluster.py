@@ -69,8 +69,9 @@ class RedisServer:
     """A private ``redis-server`` on a free loopback port (no persistence unless asked)."""
 
     def __init__(self, workdir: Path, password: str | None = None, appendonly: bool = False,
-                 port: int | None = None) -> None:
+                 port: int | None = None, policy: str = "noeviction") -> None:
         self.workdir, self.password, self.appendonly = Path(workdir), password, appendonly
+        self.policy = policy
         self.port = port or free_port()
         self.proc: Process | None = None
 
@@ -86,7 +87,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-                "--maxmemory-policy", "noeviction", "--daemonize", "no"]
+                "--maxmemory-policy", self.policy, "--daemonize", "no"]
         if self.password:
             argv += ["--requirepass", self.password]
         self.proc = Process("redis", argv, os.environ, self.workdir / "redis.log").start()

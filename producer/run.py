@@ -53,7 +53,24 @@ def broker(settings: Settings) -> redis.Redis:
         raise TransientError(f"cannot reach the broker {mask_url(settings.broker_url)} "
                              f"({type(exc).__name__}): start Redis or fix DISCOVERY_BROKER_URL"
                              ) from None
+    _check_eviction(client, settings)
     return client
+
+
+def _check_eviction(client: redis.Redis, settings: Settings) -> None:
+    """Refuse a Redis that may evict keys: queued windows and association leases would vanish
+    without an error (README). Managed Redis may forbid CONFIG: then only a note."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.RedisError:
+        print("pacs-discovery: note: cannot read Redis's maxmemory-policy (CONFIG is disabled); "
+              "make sure it is noeviction", file=sys.stderr)
+        return
+    if policy not in (None, "noeviction"):
+        raise PermanentError(
+            f"the broker {mask_url(settings.broker_url)} runs with maxmemory-policy {policy}, "
+            "which may delete queued windows and association leases: set it to noeviction "
+            "(redis-cli CONFIG SET maxmemory-policy noeviction, and in redis.conf)")
 
 
 def preflight(settings: Settings, probe: Window) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.cluster import ROOT
+from demo.cluster import ROOT, RedisServer
 from demo.servers import OrthancServer
 from demo.studies import generate_studies
 from tests.expect import expected_rows, read_csv
@@ -108,3 +108,13 @@ def test_unwritable_output_stops_the_run_then_resume_writes_it(pacs, make_cluste
     resumed = cluster.producer("--resume", run_id, "--wait", timeout=120)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert read_csv(target) == expected_rows(STUDIES)
+
+
+def test_redis_that_may_evict_is_refused(pacs, make_cluster, tmp_path: Path) -> None:
+    """allkeys-lru once evicted queued windows and leases (4 associations against a cap of 1)."""
+    with RedisServer(tmp_path / "lru", policy="allkeys-lru") as lru:
+        cluster = make_cluster(pacs, DISCOVERY_BROKER_URL=lru.url)
+        done = cluster.producer(*DAY, timeout=60)
+        assert lru.client().llen("queries") == 0
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "maxmemory-policy allkeys-lru" in done.stderr and "noeviction" in done.stderr
