@@ -18,6 +18,7 @@ from discovery.aggregator import planned_windows
 from discovery.dimse import PacsConnection, study_query
 from discovery.errors import PermanentError, TransientError
 from discovery.settings import Settings, mask_url
+from discovery.throttle import AssociationLease, pacs_key
 from discovery.windows import Window
 from producer import progress
 from producer.cli import (
@@ -114,7 +115,18 @@ def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: 
     }
     windows = planned_windows(params)
     if not args.skip_preflight:
-        preflight(settings, Window(start.date(), 0, 1))
+        # Within the association cap like any worker: the PACS never sees one more.
+        lease = AssociationLease(client, pacs_key("assoc", settings.pacs_host, settings.pacs_port,
+                                                  settings.called_aet),
+                                 settings.pacs_max_associations, settings.association_lease,
+                                 wait=120)
+        with lease:
+            try:
+                preflight(settings, Window(start.date(), 0, 1))
+            except TransientError:
+                # Once more after a pause: a PACS busy for a moment is not unreachable.
+                time.sleep(2)
+                preflight(settings, Window(start.date(), 0, 1))
     run_id = new_run_id()
     status.publish(client, run_id, {"state": "queued", "target": status.target(settings)})
     app.send_task("discovery.register_run", (run_id, params), queue=RESULTS)
