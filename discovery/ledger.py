@@ -402,5 +402,5 @@ def _span_of(raw: str, start: datetime, end: datetime) -> tuple[int, int] | None
 def _sweep_keeps(study: dict, day_span: tuple[int, int]) -> bool:
     """A day sweep adds a study whose time cannot be read (empty, absent, odd format), or whose
     time lies in the part of the day the run covers."""
-    seconds = parse_tm(study.get("time"))
+    seconds = parse_tm(study.get("time"), legacy=True)
     return seconds is None or day_span[0] <= seconds < day_span[1]

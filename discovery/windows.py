@@ -33,6 +33,7 @@ MAX_WINDOWS = 1_000_000
 SWEEP = "day"
 
 _KEY = re.compile(r"(\d{8})/(?:(\d{6})-(\d{6})|(day))", re.ASCII)
+_LEGACY_TM = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?", re.ASCII)
 _TM = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,6}))?)?)?", re.ASCII)
 
 
@@ -140,11 +141,12 @@ def _seconds(hms: str) -> int:
     return int(hms[:2]) * 3600 + int(hms[2:4]) * 60 + int(hms[4:6])
 
 
-def parse_tm(value: str | None) -> float | None:
+def parse_tm(value: str | None, *, legacy: bool = False) -> float | None:
     """Seconds since midnight for a valid TM value (``HH``...``HHMMSS.FFFFFF``), else ``None``.
 
     ``None`` also for empty values and for the ACR-NEMA ``HH:MM:SS`` form, which PS3.5 no
-    longer allows: such studies are found by the day sweep only.
+    longer allows: such studies are found by the day sweep only. With ``legacy`` that form is
+    read too: to tell whether such a study lies in the part of a day a run covers.
 
     A leap second (``SS`` = 60) counts as the last instant of second 59, so it stays inside its
     minute and its day. A string-comparing server puts ``HHMM60`` in no window (it sorts after
@@ -152,7 +154,10 @@ def parse_tm(value: str | None) -> float | None:
     """
     if not value:
         return None
-    m = _TM.fullmatch(value.strip())
+    value = value.strip()
+    if legacy and _LEGACY_TM.fullmatch(value):
+        value = value.replace(":", "")
+    m = _TM.fullmatch(value)
     if not m:
         return None
     hh, mm, ss, frac = m.groups()

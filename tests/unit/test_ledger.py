@@ -247,3 +247,23 @@ def test_clean_copy_replaces_undecodable_and_is_no_conflict(ledger: Ledger) -> N
     assert (rows["1.1"][3], rows["1.1"][5]) == ("P1", "Schädel")  # the clean copy
     assert rows["1.2"][3] == "P2"  # a garbled copy never replaces a clean one
     assert ledger.conflict_uids(RUN) == [] and ledger.anomalies(RUN) == {}
+
+
+def test_partial_day_excludes_legacy_colon_times_outside_it(tmp_path) -> None:
+    """`23:30:00` (ACR-NEMA form) on a run of 08:00-12:00 is outside it; `10:15:00` inside."""
+    from datetime import date as _date
+
+    from discovery.ledger import Ledger as _Ledger
+    from discovery.windows import Window as _Window
+
+    ledger = _Ledger(tmp_path / "l.sqlite3")
+    params = {"start": "2024-02-01T08:00:00", "end": "2024-02-01T12:00:00",
+              "window_minutes": 60, "day_sweep": True, "all_studies": True, "output": "x.csv"}
+    sweep = _Window(_date(2024, 2, 1), -1, -1)
+    ledger.create_run("r", params, [sweep])
+    rows = [{"uid": f"1.{i}", "date": "20240201", "time": t, "accession": "", "patient_id": "",
+             "description": "", "desc": "blank"} for i, t in enumerate(
+                 ["23:30:00", "07:59:59", "10:15:00", ""])]
+    ledger.record("r", sweep.key, {"state": "complete", "status": 0, "rows": 4,
+                                   "studies": rows, "anomalies": {}}, final=True)
+    assert sorted(r[2] for r in ledger.studies("r", True)) == ["", "10:15:00"]
