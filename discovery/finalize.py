@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from discovery import report
@@ -78,6 +79,14 @@ def _reconciliation(sweep: dict | None, enabled: bool) -> str:
     )
 
 
+def _report_names(path: Path, run_id: str) -> bool:
+    """Whether the coverage report at ``path`` is this run's (from an earlier finish)."""
+    try:
+        return bool(json.loads(path.read_text()).get("run_id") == run_id)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def finish_run(ledger: Ledger, run_id: str) -> dict:
     """Write the CSV (or the ``.incomplete`` one), the coverage report; return the summary."""
     run = ledger.run(run_id)
@@ -102,9 +111,10 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
     written = report.write_csv(paths["csv"], ledger.studies(run_id, params["all_studies"]))
     if params.get("excel_safe"):
         report.write_excel_csv(paths["excel"], ledger.studies(run_id, params["all_studies"]))
-    if verdict == report.COMPLETE:
-        # An earlier finish was incomplete (then --retry-failed or --resume): its CSV is
-        # superseded, and nothing beside the output may look like a second answer.
+    if verdict == report.COMPLETE and _report_names(paths["report"], run_id):
+        # An earlier finish of THIS run was incomplete (then --retry-failed or --resume): its
+        # CSV is superseded, and nothing beside the output may look like a second answer. An
+        # incomplete CSV another run left at the same path is that run's: it stays.
         stale = report.output_paths(Path(params["output"]), report.INCOMPLETE)
         stale["csv"].unlink(missing_ok=True)
         stale["excel"].unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,8 +24,13 @@ NO_DESCRIPTION = "no_description"
 _EXCEL_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
+#: A temporary file older than this was left by a writer that was killed (SIGKILL, power).
+STALE_TMP_SECONDS = 3600
+
+
 def _atomic_write(path: Path, write, *, encoding: str = "utf-8") -> None:  # type: ignore[no-untyped-def]
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o640)
@@ -37,6 +43,17 @@ def _atomic_write(path: Path, write, *, encoding: str = "utf-8") -> None:  # typ
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Temporary files of a killed writer hold patient data: remove them at the next write."""
+    cutoff = time.time() - STALE_TMP_SECONDS
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def write_csv(path: Path, rows: Iterable[Iterable[str]], encoding: str = "utf-8") -> int:
