@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from discovery.dimse import PacsConnection, study_query
-from discovery.outcome import classify
+from discovery.outcome import FAILED, classify
 from discovery.studies import parse_rows
 from discovery.windows import Window
 
@@ -32,15 +32,20 @@ def run_window(conn: PacsConnection, window: Window, settings: Settings) -> dict
     result = conn.find(study_query(window), max_rows=max_rows)
     state = classify(result.status, len(result.rows), settings.pacs_max_results, result.cancelled)
     studies, anomalies = parse_rows(result.rows, window)
+    error = result.error
     if result.undecodable:
+        # pynetdicom could not decode an answer at all: a study we cannot even name. The
+        # window is not complete; it is asked again (and reported failed if it stays so).
         anomalies["undecodable"] += result.undecodable
+        state = FAILED
+        error = "an answer could not be decoded at all (no identifier)"
     return {
         "state": state,
         "status": result.status,
         "rows": len(result.rows) + result.undecodable,
         "studies": studies,
         "anomalies": dict(anomalies),
-        "error": result.error,
+        "error": error,
         "seconds": round(time.monotonic() - started, 4),
     }
 
