@@ -214,6 +214,10 @@ def existing(args: argparse.Namespace, settings: Settings) -> int:
         print(f"run {run_id}: cancelled; workers skip its remaining windows (a query already "
               "running finishes). Resume with: python -m producer --resume " + run_id)
         return EXIT_OK
+    if action in ("resume", "retry_failed"):
+        # The settings were fixed where the resume is run: from now on the run queries what
+        # this producer is configured for, and workers are checked against that.
+        status.publish(client, run_id, {"target": status.target(settings)})
     state = _ask(app, client, action, run_id)
     if state.get("state") == "unknown":
         raise UsageError(f"unknown run id {run_id!r}: the aggregator's ledger has no such run")
