@@ -18,7 +18,7 @@ import redis
 from discovery import status
 from discovery.finalize import finish_run
 from discovery.ledger import Ledger
-from discovery.windows import day_span, parse_key, plan, sweeps
+from discovery.windows import plan, sweeps
 
 log = logging.getLogger("discovery.aggregator")
 Dispatch = Callable[[str, list[str]], None]
@@ -74,16 +74,10 @@ class Aggregator:
 
     def record(self, run_id: str, key: str, outcome: dict, final: bool) -> bool:
         """Apply a result; ``False`` when the run is not known (yet)."""
-        run = self.ledger.run(run_id)
-        if run is None:
+        if self.ledger.run(run_id) is None:
             return False
-        params = run["params"]
-        w = parse_key(key)
-        span = None
-        if w.is_sweep:
-            span = day_span(datetime.fromisoformat(params["start"]),
-                            datetime.fromisoformat(params["end"]), w.day)
-        rec = self.ledger.record(run_id, key, outcome, final=final, day_span=span)
+        # The ledger limits what a window or a sweep adds to the run's own span (its params).
+        rec = self.ledger.record(run_id, key, outcome, final=final)
         if rec.dispatch:
             self.dispatch(run_id, rec.dispatch)
         if rec.finished and rec.accepted:

@@ -91,6 +91,7 @@ class Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
         self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+        self._spans: dict[str, tuple[datetime, datetime] | None] = {}
         if new:
             os.chmod(path, 0o640)  # patient data: owner and group only
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -190,7 +191,9 @@ class Ledger:
                 db.execute("COMMIT")
                 return Recorded(accepted=True)
             studies = outcome.get("studies", [])
-            span = _run_span(db, run_id)
+            if run_id not in self._spans:  # a run's range never changes: read it once
+                self._spans[run_id] = _run_span(db, run_id)
+            span = self._spans[run_id]
             if span is not None:
                 spans: dict[str, tuple[int, int] | None] = {}  # one day_span per date
                 studies = [s for s in studies if _asked_for(s, *span, spans)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -161,6 +160,3 @@ def describe(settings: Settings) -> str:
     return (f"PACS {settings.pacs_label} as {settings.calling_aet}, broker "
             f"{mask_url(settings.broker_url)}")
 
-
-def clock() -> float:
-    return time.monotonic()
