@@ -8,10 +8,14 @@ studies / (the aggregator registered the run, ``runs.created`` in its ledger -> 
 the CSV's mtime): every result message, the ledger, the CSV and the coverage report. Peak
 RSS is ``VmHWM`` of the aggregator's main process and of its pool child, read from /proc after
 the CSV is written; a fresh aggregator per size, so each peak is that size's own.
+
+``BENCH_C_SIZES=100000`` (comma-separated) runs only those sizes, solo only: a quick look at one
+size while working on the aggregator; the documented tables use the scale's sizes.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import time
@@ -37,6 +41,8 @@ def run(scale: Scale, workdir: Path) -> Table:
         # The documented prefork aggregator at the smaller size only (the full run stays well
         # under 20 minutes); solo, the faster one, at every size.
         runs = [("prefork", scale.c_sizes[0])] + [("solo", size) for size in scale.c_sizes]
+        if os.environ.get("BENCH_C_SIZES"):
+            runs = [("solo", int(n)) for n in os.environ["BENCH_C_SIZES"].split(",")]
         for pool, size in runs:
             redis.client().flushall()
             wd = workdir / f"c-{pool}-{size}"

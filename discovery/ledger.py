@@ -23,9 +23,10 @@ from datetime import date, datetime
 from pathlib import Path
 
 from discovery.outcome import COMPLETE, FAILED, REFUSED, TRUNCATED
-from discovery.windows import Window, day_span, parse_key, parse_tm
+from discovery.windows import DAY_SECONDS, Window, day_span, parse_key, parse_tm
 
 OPEN = ("dispatched",)
+_WHOLE_DAY = (0, DAY_SECONDS)
 FINAL = ("done", "split", "incomplete", "failed")
 
 _SCHEMA = """
@@ -386,8 +387,8 @@ def _asked_for(study: dict, start: datetime, end: datetime,
     if raw not in cache:
         cache[raw] = _span_of(raw, start, end)
     span = cache[raw]
-    if span is None:
-        return True
+    if span is None or span == _WHOLE_DAY:
+        return True  # every time a study can carry lies inside a whole day (parse_tm)
     return span[0] < span[1] and _sweep_keeps(study, span)
 
 

@@ -267,3 +267,18 @@ def test_partial_day_excludes_legacy_colon_times_outside_it(tmp_path) -> None:
     ledger.record("r", sweep.key, {"state": "complete", "status": 0, "rows": 4,
                                    "studies": rows, "anomalies": {}}, final=True)
     assert sorted(r[2] for r in ledger.studies("r", True)) == ["", "10:15:00"]
+
+
+def test_whole_day_inside_the_run_keeps_every_time(ledger: Ledger) -> None:
+    """A day the run covers whole keeps a study at any time it can carry (the leap second
+    before midnight, the ACR-NEMA form, none); the run's partial first day still filters."""
+    start, end = datetime(2024, 1, 1, 10), datetime(2024, 1, 3)
+    windows = plan(start, end, 60)
+    assert ledger.create_run(RUN, {"start": start.isoformat(), "end": end.isoformat()},
+                             windows)
+    whole = [w for w in windows if w.day == date(2024, 1, 2)][0]
+    found = [rec("2.1", "000000", day="20240102"), rec("2.2", "235960", day="20240102"),
+             rec("2.3", "23:59:59", day="20240102"), rec("2.4", "", day="20240102"),
+             rec("2.5", "0930"), rec("2.6", "1000")]
+    ledger.record(RUN, whole.key, outcome(studies=found), final=False)
+    assert sorted(r[4] for r in ledger.studies(RUN, True)) == ["2.1", "2.2", "2.3", "2.4", "2.6"]
