@@ -18,7 +18,12 @@ Config (JSON object, every key optional):
 ``generate``    ``{"start": "20240101", "days": 30, "per_hour": 5, "seed": 0,
                 "untimed_per_day": 0, "charset": "ISO_IR 192"}``: deterministic studies in
                 memory, added to ``studies``.
-``delay_ms``    wait before answering each C-FIND; ``row_delay_ms`` wait before each pending.
+``delay_ms``    the time each C-FIND takes: the pendings go out at once, the final response
+                ``delay_ms`` after the request reached the handler (the simulator's own work
+                included, so that a benchmark's PACS-bound limit is what it says: a PACS that
+                needs ``delay_ms`` per query); ``row_delay_ms`` wait before each pending.
+``record_queries`` ``false``: leave the two query lists out of the stats (benchmarks: the file
+                then stays small however many queries come).
 ``cap``         ``{"mode": "none"|"truncate_fe00"|"refuse"|"silent", "limit": N,
                 "status": 0xA700}`` applied when more than N studies match: ``truncate_fe00``
                 sends N pendings then 0xFE00 (Orthanc's LimitFindResults), ``refuse`` no rows
@@ -75,6 +80,7 @@ from demo.simmatch import (  # noqa: F401 - date_bounds, parse_tm, time_bounds r
 )
 
 LOGGER = logging.getLogger("demo.simscp")
+
 CAP_MODES = ("none", "truncate_fe00", "refuse", "silent")
 MALFORMED = ("missing_uid", "wrong_date", "bad_charset", "duplicate", "pending_ff01")
 EXIT_OK = 0
@@ -111,13 +117,13 @@ class Stats:
             d["max_concurrent_associations"] = max(
                 d["max_concurrent_associations"], d["current_associations"]
             )
-            snapshot = json.loads(json.dumps(d))
+            text = json.dumps(d)
             if self.path:  # atomic: readers never see a half-written file
                 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(self.path)))
                 with os.fdopen(fd, "w") as fh:
-                    json.dump(d, fh, indent=1)
+                    fh.write(text)
                 os.replace(tmp, self.path)
-        return snapshot
+        return json.loads(text)
 
 
 class SimScp:
@@ -225,24 +231,29 @@ class SimScp:
     # -- C-FIND ------------------------------------------------------------------------------
 
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        arrived = time.monotonic()
         assoc, cfg = event.assoc, self.cfg
         ident = event.identifier
-        self.stats.change(
-            total_queries=1,
-            study_date_queries=[str(ident.get("StudyDate", "") or "")],
-            study_time_queries=[str(ident.get("StudyTime", "") or "")],
-        )
+        if cfg.get("record_queries", True):
+            self.stats.change(
+                total_queries=1,
+                study_date_queries=[str(ident.get("StudyDate", "") or "")],
+                study_time_queries=[str(ident.get("StudyTime", "") or "")],
+            )
+        else:
+            self.stats.change(total_queries=1)
         if cfg.get("hang"):
             while self._alive(assoc):
                 time.sleep(0.05)
-            return
-        if cfg.get("delay_ms") and not self._wait(assoc, cfg["delay_ms"] / 1000):
             return
         try:
             rows, final = plan(cfg, self.index, ident)
         except ValueError as exc:
             LOGGER.warning("cannot process identifier: %s", exc)
-            yield 0xC000, None  # Unable to process
+            rows, final = [], 0xC000  # Unable to process
+        if final == 0xC000:
+            if self._until(assoc, arrived):
+                yield final, None
             return
         pending = 0xFF01 if "pending_ff01" in (cfg.get("malformed") or ()) else 0xFF00
         abort_after = cfg.get("abort_after_rows")
@@ -262,10 +273,19 @@ class SimScp:
             self.stats.change(aborted_associations=1)
             assoc.abort()
             return
+        if not self._until(assoc, arrived):
+            return
         if event.is_cancelled:
             self.stats.change(cancelled_queries=1)
             final = 0xFE00
         yield final, None
+
+    def _until(self, assoc: Any, arrived: float) -> bool:
+        """Wait until ``delay_ms`` after the request arrived: the final response of every
+        C-FIND leaves then (or at once, when the rows alone took longer). False if the
+        association ended meanwhile."""
+        left = self.cfg.get("delay_ms", 0) / 1000 - (time.monotonic() - arrived)
+        return self._wait(assoc, left) if left > 0 else self._alive(assoc)
 
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -96,8 +96,11 @@ app.conf.update(
     broker_use_ssl=settings.broker_ssl() or False,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    # Task events cost every task three extra messages (received, started, succeeded): off
+    # unless a monitor asks. Flower asks (it sends ``enable_events`` every few seconds while it
+    # runs), as does ``celery -A worker control enable_events``. See docs/benchmarks.md.
+    worker_send_task_events=False,
+    task_send_sent_event=False,
     worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
 )

@@ -374,10 +374,15 @@ def _get(url: str, auth: str | None = None) -> tuple[int, bytes]:
 
 
 def test_flower_lists_the_worker_with_credentials_only(stack) -> None:
+    """Workers send no task events of their own (they cost three messages per task); Flower
+    turns them on while it runs, so it lists the run's tasks, arguments as counts only."""
     stack.start("worker")
+    stack.start("aggregator")
     port = free_port()
     creds = {"FLOWER_BASIC_AUTH": "ops:s3cret-pass"}
-    flower = stack.start("flower", creds, FLOWER_ADDRESS="127.0.0.1", FLOWER_PORT=str(port))
+    # Flower's enable_events broadcast, every 0.5 s instead of 5 s (default); nothing else.
+    flower = stack.start("flower", creds, FLOWER_ADDRESS="127.0.0.1", FLOWER_PORT=str(port),
+                         FLOWER_EVENTS_ENABLE_INTERVAL="500")
     wait_for_port("127.0.0.1", port, 60, flower.proc)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -387,7 +392,23 @@ def test_flower_lists_the_worker_with_credentials_only(stack) -> None:
             break
         assert time.monotonic() < deadline, (status, body, stack.logs())
         time.sleep(1)
+    time.sleep(1.5)  # at least two enable_events broadcasts since the worker answered
+    done = stack.run("producer", *RUN_ARGS, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr + stack.logs()
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = _get(f"{url}/api/tasks", "ops:s3cret-pass")
+        tasks = json.loads(body) if status == 200 else {}
+        names = Counter(t.get("name") for t in tasks.values())
+        if names["discovery.query_window"] >= len(WINDOWS):
+            break
+        assert time.monotonic() < deadline, (status, names, stack.logs())
+        time.sleep(1)
+    for study in STUDIES:
+        for key in ("patient_id", "patient_name", "accession"):
+            assert study[key] not in body.decode(), key
     assert _get(f"{url}/api/workers")[0] == 401
+    assert _get(f"{url}/api/tasks")[0] == 401
     assert _get(f"{url}/api/workers", "ops:wrong")[0] == 401
     assert _get(f"{url}/", "ops:wrong")[0] == 401
     health = stack.healthcheck("flower", FLOWER_PORT=str(port))
