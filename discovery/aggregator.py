@@ -45,8 +45,9 @@ class Aggregator:
         """Refresh the mirror unless it was refreshed less than a second ago (a result costs
         a few milliseconds; counting a million studies after each would not)."""
         # Counting grows with the ledger (a full scan of a million studies takes a few tenths
-        # of a second): never spend more than a tenth of the time on the mirror.
-        every = max(self.PUBLISH_EVERY, 10 * self._publish_cost.get(run_id, 0.0))
+        # of a second): never spend more than a twentieth of the time on the mirror (a tenth
+        # was 7 % of the aggregator's time at a million studies, docs/benchmarks.md C).
+        every = max(self.PUBLISH_EVERY, 20 * self._publish_cost.get(run_id, 0.0))
         if time.monotonic() - self._published.get(run_id, 0.0) >= every:
             self.publish(run_id)
 

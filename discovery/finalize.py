@@ -11,8 +11,10 @@ from discovery.outcome import status_text
 from discovery.windows import parse_key
 
 
-def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str]) -> dict:
-    """The JSON coverage report: parameters, every window, per-day totals, anomalies."""
+def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str],
+             progress: dict | None = None) -> dict:
+    """The JSON coverage report: parameters, every window, per-day totals, anomalies.
+    ``progress`` is :meth:`Ledger.progress` when the caller has it (a scan of every study)."""
     run = ledger.run(run_id)
     assert run is not None
     windows = []
@@ -51,7 +53,7 @@ def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str]) -> d
             s, f = capped[str(d["date"])]
             d["reconciliation"] = (f"not reconciled (silent cap: the day sweep found {s} "
                                    f"studies, the windows {f})")
-    progress = ledger.progress(run_id)
+    progress = ledger.progress(run_id) if progress is None else progress
     return {
         "run_id": run_id,
         "parameters": run["params"],
@@ -118,7 +120,7 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
         stale = report.output_paths(Path(params["output"]), report.INCOMPLETE)
         stale["csv"].unlink(missing_ok=True)
         stale["excel"].unlink(missing_ok=True)
-    cov = coverage(ledger, run_id, verdict, reasons)
+    cov = coverage(ledger, run_id, verdict, reasons, progress)
     report.write_json(paths["report"], cov)
     summary = {
         "verdict": verdict, "reasons": reasons, "csv": str(paths["csv"]),

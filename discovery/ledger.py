@@ -361,7 +361,7 @@ class Ledger:
     def studies(self, run_id: str, all_studies: bool) -> Iterator[tuple[str, ...]]:
         """Rows for the CSV, sorted by date, then time, then UID; streamed, never all in memory."""
         where = "" if all_studies else " AND desc != 'present'"
-        yield from self.db.execute(
+        return self.db.execute(
             "SELECT accession, date, time, patient_id, uid, description FROM studies"
             f" WHERE run_id = ?{where} ORDER BY date, time, uid", (run_id,)
         )
