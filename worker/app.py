@@ -109,11 +109,6 @@ if consumes_results(sys.argv):
     # and saves the hand-over to a pool child, half of its cost per result (docs/benchmarks.md
     # C). `-P prefork` on the command line still wins.
     app.conf.worker_pool = "solo"
-    # Task events (received, started, succeeded: three Redis PUBLISHes per result) cost the
-    # aggregator about a sixth of its time per result, for monitors that may not be running.
-    # Flower turns them on when it starts (its enable_events broadcast, repeated every few
-    # seconds), `celery control enable_events` too; `-E` on the command line still wins.
-    app.conf.worker_send_task_events = False
 
 
 @signals.setup_logging.connect
