@@ -70,29 +70,70 @@ class Discovered:
     csv: Path
     returncode: int
     output: str
+    #: CPU seconds used while the producer ran: ``ours`` = workers and their pool processes,
+    #: the aggregator, the producer and Redis; ``others`` = the ``watch`` processes (the PACS).
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def _cpu_of(pid: int) -> float:
+    """utime + stime of one live process, in seconds (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pids: Iterable[int]) -> dict[int, float]:
+    """CPU seconds of every live process in the trees rooted at ``pids``, by pid."""
+    out: dict[int, float] = {}
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out[pid] = _cpu_of(pid)
+            try:
+                todo += children(pid)
+            except OSError:
+                pass
+    return out
+
+
+def _used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def run_discovery(redis: RedisServer, workdir: Path, env: Mapping[str, str], start: str,
                   end: str, concurrency: int, pool: str | None = None,
-                  producer_args: Sequence[str] = ("--all-studies",)) -> Discovered:
+                  producer_args: Sequence[str] = ("--all-studies",),
+                  watch: Sequence[int] = ()) -> Discovered:
     """Start a query worker (``-c concurrency``, ``-P pool``) and the aggregator, wait until
     both are ready, then time ``python -m producer --start --end --wait`` from its start to its
-    exit (the CSV is written before the producer sees the run finished)."""
+    exit (the CSV is written before the producer sees the run finished). CPU seconds used
+    meanwhile are counted for our processes and for the ``watch`` pids (the PACS)."""
     redis.client().flushall()
     out = workdir / "out" / "dicom_query_results.csv"
     with Cluster(workdir, {**plain_env(), **env}) as cluster:
         cluster.worker(concurrency=concurrency, pool=pool)
         cluster.aggregator()
         cluster.wait_ready(120)
+        ours = [p.pid for p in cluster.processes] + ([redis.proc.pid] if redis.proc else [])
+        cpu0, others0 = tree_cpu(ours), tree_cpu(watch)
+        producer0 = os.times()
         started = time.time()
         done = cluster.producer("--start", start, "--end", end, "--wait", "--output", str(out),
                                 *producer_args, timeout=1800)
+        producer1 = os.times()
         # Until the CSV was written (its mtime), not until the producer's next poll noticed.
         seconds = (out.stat().st_mtime if out.exists() else time.time()) - started
+        producer_cpu = (producer1.children_user + producer1.children_system
+                        - producer0.children_user - producer0.children_system)
+        cpu = {"ours": _used(cpu0, tree_cpu(ours)) + producer_cpu,
+               "others": _used(others0, tree_cpu(watch))}
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"pacs-discovery failed ({done.returncode}):\n{done.stdout}\n"
                                f"{done.stderr}\n{cluster.logs()[-4000:]}")
-    return Discovered(seconds, out, done.returncode, done.stdout)
+    return Discovered(seconds, out, done.returncode, done.stdout, cpu)
 
 
 def csv_uids(path: Path) -> list[str]:
