@@ -65,5 +65,16 @@ def stopped(client: redis.Redis, run_id: str) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def gate(client: redis.Redis, run_id: str) -> tuple[str | None, str | None, str | None]:
+    """What a query task checks first, in one round trip: the stop message (or None), the
+    run's state and its target (None when not published)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(stop_key(run_id))
+    pipe.hmget(run_key(run_id), "state", "target")
+    stop, (state, wanted) = pipe.execute()
+    return tuple(v.decode() if isinstance(v, bytes) else v  # type: ignore[return-value]
+                 for v in (stop, state, wanted))
+
+
 def clear_stop(client: redis.Redis, run_id: str) -> None:
     client.delete(stop_key(run_id))

@@ -62,17 +62,17 @@ def send_result(run_id: str, key: str, outcome: dict, final: bool) -> None:
 def query_window(self, run_id: str, key: str) -> str:  # type: ignore[no-untyped-def]
     """C-FIND one window and send its outcome to the aggregator; retry transient faults."""
     client = redis_client()
-    if status.stopped(client, run_id):
+    stop, state, wanted = status.gate(client, run_id)
+    if stop:
         return "stopped"
-    state, wanted = client.hmget(status.run_key(run_id), "state", "target")
-    if wanted is not None and wanted.decode() != status.target(settings):
+    if wanted is not None and wanted != status.target(settings):
         message = (f"a worker is configured for {status.target(settings)} but the run queries "
-                   f"{wanted.decode()}: give every worker the producer's DISCOVERY_PACS_HOST, "
+                   f"{wanted}: give every worker the producer's DISCOVERY_PACS_HOST, "
                    "DISCOVERY_PACS_PORT, DISCOVERY_CALLED_AET and DISCOVERY_CALLING_AET")
         status.stop_run(client, run_id, message)
         log.error("run %s stopped: %s", run_id, message)
         return "stopped"
-    if state in (b"finished", "finished"):
+    if state == "finished":
         # A late copy (redelivered after the visibility timeout, re-sent by the watchdog):
         # the run has its answer; do not ask the PACS again.
         return "finished"
