@@ -19,6 +19,7 @@ from pydicom import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
+from discovery import reactor
 from discovery.errors import PermanentError, TransientError
 from discovery.windows import Window
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 # set). Neither is wanted.
 _config.LOG_RESPONSE_IDENTIFIERS = False
 _config.LOG_REQUEST_IDENTIFIERS = False
+# pynetdicom's association threads wait instead of polling every millisecond (reactor.py).
+reactor.install()
 FIND = StudyRootQueryRetrieveInformationModelFind
 
 PENDING = (0xFF00, 0xFF01)

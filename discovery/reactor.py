@@ -1,0 +1,195 @@
+"""pynetdicom's association threads without busy polling (part of the DICOM layer, used by
+:mod:`discovery.dimse` and by the simulated PACS).
+
+pynetdicom 3.0 runs two threads per association that wake every millisecond whether or not
+anything happened: the DUL thread (socket and queues) and the association's reactor. Measured
+here: eight idle associations cost half a core in the process that holds them, eight waiting
+for a PACS's answer a fifth of one (docs/benchmarks.md, "pynetdicom's polling"). On a host that
+also runs other workers, that is CPU taken from them.
+
+:func:`install` changes, for the process, only how those two threads wait:
+
+* the DUL thread sleeps in ``select()`` on its socket and on a wake-up socket that every
+  ``put()`` to its event and provider queues rings (what it waits for), at most
+  :data:`DUL_IDLE_WAIT` seconds (its ARTIM and idle timers are checked between waits);
+  stopping it rings too;
+* the reactor of an association *we requested* (an SCU's) naps :data:`REQUESTOR_NAP` seconds
+  between its checks (peer release or abort, the DUL's end, the network timeout) and counts as
+  paused while it naps, so a ``send_c_find()`` or ``release()`` never waits for it. An
+  acceptor's reactor (it serves requests) keeps pynetdicom's pace.
+
+Everything else is pynetdicom's own code. Only the versions it was written against (3.0.x)
+are changed; with another pynetdicom the stock threads run.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+import pynetdicom
+from pynetdicom import association as _association
+from pynetdicom import dul as _dul
+
+log = logging.getLogger(__name__)
+
+#: Longest sleep of a DUL thread without news (its timers are checked between sleeps).
+DUL_IDLE_WAIT = 0.05
+#: Sleep of a requestor's reactor between its checks, marked paused meanwhile.
+REQUESTOR_NAP = 0.02
+SUPPORTED = ("3.0.",)
+
+_lock = threading.Lock()
+_installed = False
+
+
+class _Bell:
+    """A socket pair: ``ring()`` from any thread wakes a ``select()`` on ``r``."""
+
+    def __init__(self) -> None:
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.w.setblocking(False)
+
+    def ring(self) -> None:
+        try:
+            self.w.send(b"\0")
+        except OSError:  # full (rung already) or closed (the thread has ended)
+            pass
+
+    def drain(self) -> None:
+        try:
+            while self.r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.r.close()
+        self.w.close()
+
+
+class _RingingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue whose ``put()`` from another thread rings the bell of the DUL thread that reads
+    it (the DUL's own puts need none: it looks at its queues again before it sleeps)."""
+
+    def __init__(self, dul: Any, ring: Any) -> None:
+        super().__init__()
+        self._dul, self._ring = dul, ring
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        if threading.current_thread() is not self._dul:
+            self._ring()
+
+
+def _nap(dul: Any) -> None:
+    """Wait until the DUL has something to do (or DUL_IDLE_WAIT passed)."""
+    bell: _Bell = dul._discovery_bell
+    waits: list[Any] = [bell.r]
+    transport = dul.socket
+    sock = getattr(transport, "socket", None) if transport is not None else None
+    if sock is not None and getattr(transport, "_is_connected", False):
+        try:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return  # decrypted bytes wait in the SSL buffer: select() cannot see them
+            if sock.fileno() >= 0:
+                waits.append(sock)
+        except (OSError, ValueError):
+            pass
+    try:
+        select.select(waits, [], [], DUL_IDLE_WAIT)
+    except (OSError, ValueError):
+        time.sleep(0.001)  # the socket closed under us: the stock pace until the DUL notices
+    bell.drain()
+
+
+class _DulTime:
+    """``time`` as pynetdicom.dul sees it: the DUL thread's idle sleep becomes :func:`_nap`."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        me = threading.current_thread()
+        if (isinstance(me, _dul.DULServiceProvider) and hasattr(me, "_discovery_bell")
+                and not me._kill_thread):
+            _nap(me)
+        else:
+            time.sleep(seconds)
+
+
+class _AssociationTime:
+    """``time`` as pynetdicom.association sees it: a requestor's reactor naps, paused."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        me = threading.current_thread()
+        if (seconds == 0.001 and isinstance(me, _association.Association)
+                and me.is_requestor and not me._kill):
+            # Its loop marks itself paused right after this sleep and then waits for the
+            # checkpoint; marking it now lets a send_*() go ahead without waiting for the nap.
+            me._is_paused = True
+            time.sleep(REQUESTOR_NAP)
+        else:
+            time.sleep(seconds)
+
+
+def install() -> bool:
+    """Apply the change to this process (once); False when pynetdicom's version is not one it
+    was written for (then nothing changes)."""
+    global _installed
+    with _lock:
+        if _installed:
+            return True
+
+        version = getattr(pynetdicom, "__version__", "")
+        if not version.startswith(SUPPORTED):
+            log.debug("pynetdicom %s: its own reactors run", version)
+            return False
+        dul_cls = _dul.DULServiceProvider
+        stock_init, stock_run = dul_cls.__init__, dul_cls.run_reactor
+
+        def __init__(self: Any, assoc: Any) -> None:
+            stock_init(self, assoc)
+            bell = self._discovery_bell = _Bell()
+            self.event_queue = _RingingQueue(self, bell.ring)
+            self.to_provider_queue = _RingingQueue(self, bell.ring)
+
+        def run_reactor(self: Any) -> None:
+            try:
+                stock_run(self)
+            finally:
+                self._discovery_bell.close()
+
+        def kill_dul(self: Any) -> None:
+            self._kill_thread = True
+            self._discovery_bell.ring()
+
+        def stop_dul(self: Any) -> bool:
+            if self.state_machine.current_state == "Sta1":
+                self._kill_thread = True
+                self._discovery_bell.ring()
+                while self.is_alive():
+                    time.sleep(0.001)
+                return True
+            return False
+
+        dul_cls.__init__ = __init__  # type: ignore[method-assign]
+        dul_cls.run_reactor = run_reactor  # type: ignore[method-assign]
+        dul_cls.kill_dul = kill_dul  # type: ignore[method-assign]
+        dul_cls.stop_dul = stop_dul  # type: ignore[method-assign]
+        _dul.time = _DulTime()  # type: ignore[assignment]
+        _association.time = _AssociationTime()  # type: ignore[assignment]
+        _installed = True
+        return True

@@ -1,0 +1,111 @@
+"""discovery/reactor.py against a real PACS (DCMTK's dcmqrscp): our associations' threads wait
+for work instead of waking every millisecond, and queries, release and a peer's disconnect
+still behave. (How much CPU that saves is a benchmark figure: docs/benchmarks.md.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import date
+
+import pynetdicom
+import pytest
+
+from demo.servers import DcmqrscpServer
+from demo.studies import generate_studies
+from discovery import reactor
+from discovery.dimse import PacsConnection, study_query
+from discovery.settings import Settings
+from discovery.windows import Window
+
+DAY = date(2024, 1, 1)
+STUDIES = generate_studies(DAY, days=1, per_day=24, seed=3)
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DcmqrscpServer]:
+    with DcmqrscpServer(tmp_path_factory.mktemp("dcmqrscp")) as server:
+        server.store(STUDIES)
+        yield server
+
+
+def settings_for(server: DcmqrscpServer) -> Settings:
+    return Settings(pacs_host=server.host, pacs_port=server.port, called_aet=server.aet,
+                    dimse_timeout=30)
+
+
+def test_installed_for_this_pynetdicom() -> None:
+    assert pynetdicom.__version__.startswith(reactor.SUPPORTED)
+    assert reactor.install() is True  # once per process; importing dimse did it
+    assert isinstance(pynetdicom.dul.time, reactor._DulTime)
+    assert isinstance(pynetdicom.association.time, reactor._AssociationTime)
+
+
+def test_idle_association_naps_and_queries_still_answer(pacs: DcmqrscpServer,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    naps: list[float] = []
+    real_nap = reactor._nap
+    monkeypatch.setattr(reactor, "_nap", lambda dul: (naps.append(time.monotonic()),
+                                                      real_nap(dul))[1])
+    conn = PacsConnection(settings_for(pacs))
+    conn.open()
+    try:
+        assert conn.assoc is not None and hasattr(conn.assoc.dul, "_discovery_bell")
+        whole_day = conn.find(study_query(Window(DAY, 0, 86400)))
+        assert whole_day.status == 0x0000 and len(whole_day.rows) == len(STUDIES)
+        del naps[:]
+        time.sleep(0.5)  # idle: the stock DUL thread would wake about 500 times meanwhile
+        assert 1 <= len(naps) <= 50
+        # The reused association answers at once (the request's put() rang the DUL awake),
+        # over and over.
+        for hour in range(24):
+            result = conn.find(study_query(Window(DAY, hour * 3600, (hour + 1) * 3600)))
+            assert result.status == 0x0000
+        assert conn.queries == 25
+    finally:
+        conn.close()
+    assert conn.assoc is None
+
+
+def test_release_and_a_dropped_peer_end_the_threads(pacs: DcmqrscpServer) -> None:
+    conn = PacsConnection(settings_for(pacs))
+    conn.open()
+    assoc = conn.assoc
+    assert assoc is not None
+    dul = assoc.dul
+    conn.close()
+    dul.join(5)
+    assert not dul.is_alive() and dul._discovery_bell.r.fileno() == -1  # bell closed
+
+    # The PACS goes away under an open association: the requestor's reactor notices (it naps
+    # between checks, it does not sleep forever), so the connection is no longer open and
+    # the next query opens a new association instead of waiting on a dead one.
+    conn.open()
+    assoc = conn.assoc
+    assert assoc is not None
+    pacs.stop()
+    try:
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not assoc.is_established and not conn.is_open
+        assoc.dul.join(5)
+        assert not assoc.dul.is_alive()
+    finally:
+        conn.close(abort=True)
+        pacs.start(port=pacs.port)
+    assert conn.find(study_query(Window(DAY, 0, 3600))).status == 0x0000  # and back
+    conn.close()
+
+
+def test_threads_of_many_associations_end(pacs: DcmqrscpServer) -> None:
+    conns = [PacsConnection(settings_for(pacs)) for _ in range(4)]
+    for c in conns:
+        c.open()
+    duls = [c.assoc.dul for c in conns if c.assoc is not None]
+    for c in conns:
+        assert c.find(study_query(Window(DAY, 0, 3600))).status == 0x0000
+        c.close()
+    for d in duls:
+        d.join(5)
+        assert not d.is_alive()
