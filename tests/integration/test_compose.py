@@ -380,9 +380,7 @@ def test_flower_lists_the_worker_with_credentials_only(stack) -> None:
     stack.start("aggregator")
     port = free_port()
     creds = {"FLOWER_BASIC_AUTH": "ops:s3cret-pass"}
-    # Flower's enable_events broadcast, every 0.5 s instead of 5 s (default); nothing else.
-    flower = stack.start("flower", creds, FLOWER_ADDRESS="127.0.0.1", FLOWER_PORT=str(port),
-                         FLOWER_EVENTS_ENABLE_INTERVAL="500")
+    flower = stack.start("flower", creds, FLOWER_ADDRESS="127.0.0.1", FLOWER_PORT=str(port))
     wait_for_port("127.0.0.1", port, 60, flower.proc)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -392,7 +390,11 @@ def test_flower_lists_the_worker_with_credentials_only(stack) -> None:
             break
         assert time.monotonic() < deadline, (status, body, stack.logs())
         time.sleep(1)
-    time.sleep(1.5)  # at least two enable_events broadcasts since the worker answered
+    # Flower's enable_events broadcast (every 5 s) reached both workers: they say so.
+    deadline = time.monotonic() + 60
+    while not all("enabled by remote" in p.log() for p in stack.procs[:2]):
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.5)
     done = stack.run("producer", *RUN_ARGS, "--wait")
     assert done.returncode == 0, done.stdout + done.stderr + stack.logs()
     deadline = time.monotonic() + 30
