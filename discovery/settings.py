@@ -6,13 +6,17 @@ program with one line naming the variable (see :func:`load_settings`).
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 import ssl
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -203,8 +207,27 @@ def describe_validation_error(exc: ValidationError) -> str:
     return msg
 
 
+def unknown_setting(names: Iterable[str]) -> str | None:
+    """A one-line complaint about the first ``DISCOVERY_*`` name that is no setting (a typo
+    such as ``DISCOVERY_WINDOW_MINUTE`` would otherwise be ignored without a word), or None."""
+    known = {ENV_PREFIX + field.upper() for field in Settings.model_fields}
+    odd = sorted({n.upper() for n in names if n.upper().startswith(ENV_PREFIX)} - known)
+    if not odd:
+        return None
+    close = difflib.get_close_matches(odd[0], sorted(known), n=1, cutoff=0.85)
+    hint = f": did you mean {close[0]}?" if close else ": see .env.example for the settings"
+    return f"{odd[0]} is not a setting{hint}"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings, raising :class:`SettingsError` with a one-line message."""
+    env_file = Settings.model_config.get("env_file")
+    names = list(os.environ)
+    if isinstance(env_file, str) and os.path.isfile(env_file):
+        names += [k for k in dotenv_values(env_file) if k]
+    complaint = unknown_setting(names)
+    if complaint:
+        raise SettingsError(complaint)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

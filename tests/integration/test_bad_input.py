@@ -64,6 +64,8 @@ CASES = [
     ("TLS CA file missing", RANGE, {"DISCOVERY_TLS_ENABLED": "true",
                                     "DISCOVERY_TLS_CA_FILE": "/nonexistent/ca.pem"}, 2,
      "DISCOVERY_TLS_CA_FILE: no such file: /nonexistent/ca.pem"),
+    ("setting name with a typo", RANGE, {"DISCOVERY_WINDOW_MINUTE": "30"}, 2,
+     "DISCOVERY_WINDOW_MINUTE is not a setting: did you mean DISCOVERY_WINDOW_MINUTES?"),
     ("unknown option", [*RANGE, "--all-studys"], {}, 2,
      "unrecognized arguments: --all-studys (see --help)"),
     ("--resume with --start", ["--resume", "X", "--start", "2024-01-01"], {}, 2,

@@ -142,3 +142,30 @@ def test_empty_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.tls_ca_file is None
     assert s.pacs_port == 104
+
+
+def test_a_discovery_name_that_is_no_setting_is_named() -> None:
+    from discovery.settings import unknown_setting
+
+    assert unknown_setting(["PATH", "DISCOVERY_PACS_HOST", "discovery_output"]) is None
+    assert unknown_setting(["DISCOVERY_WINDOW_MINUTE"]) == (
+        "DISCOVERY_WINDOW_MINUTE is not a setting: did you mean DISCOVERY_WINDOW_MINUTES?")
+    assert unknown_setting(["discovery_pacs_prot"]) == (
+        "DISCOVERY_PACS_PROT is not a setting: did you mean DISCOVERY_PACS_PORT?")
+    assert unknown_setting(["DISCOVERY_FOO", "DISCOVERY_PACS_HOST"]) == (
+        "DISCOVERY_FOO is not a setting: see .env.example for the settings")
+
+
+def test_load_settings_refuses_an_unknown_name_in_env_and_dotenv(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from discovery.settings import SettingsError, load_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISCOVERY_DAY_SWEEPS", "false")
+    with pytest.raises(SettingsError, match="DISCOVERY_DAY_SWEEPS is not a setting: did you "
+                                            "mean DISCOVERY_DAY_SWEEP"):
+        load_settings()
+    monkeypatch.delenv("DISCOVERY_DAY_SWEEPS")
+    (tmp_path / ".env").write_text("DISCOVERY_CALLING_AE=ME\n")
+    with pytest.raises(SettingsError, match="DISCOVERY_CALLING_AE is not a setting"):
+        load_settings()
