@@ -189,6 +189,8 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
     def add(self, *cells: object) -> None:
+        if not self.rows:
+            print(f"  {self.title}\n  " + " | ".join(self.headers), flush=True)
         self.rows.append([_cell(c) for c in cells])
         print("  " + " | ".join(self.rows[-1]), flush=True)
 
