@@ -35,8 +35,12 @@ log = logging.getLogger(__name__)
 # set). Neither is wanted.
 _config.LOG_RESPONSE_IDENTIFIERS = False
 _config.LOG_REQUEST_IDENTIFIERS = False
-# pynetdicom's association threads wait instead of polling every millisecond (reactor.py).
-reactor.install()
+# pynetdicom's association threads wait instead of polling every millisecond, and the
+# requestor's reactor no longer takes (and drops) C-FIND responses under load (reactor.py).
+# Without it a query can end Success one study short: no run without it.
+if not reactor.install():  # pragma: no cover - pyproject pins the pynetdicom it fits
+    raise ImportError(f"pacs-discovery needs pynetdicom {reactor.SUPPORTED[0]}x "
+                      "(discovery/reactor.py); install the pinned version")
 FIND = StudyRootQueryRetrieveInformationModelFind
 
 PENDING = (0xFF00, 0xFF01)
