@@ -150,16 +150,12 @@ def _requestor_reactor(assoc: Any) -> None:
         if assoc.is_established and assoc.acse.is_release_requested():
             assoc.acse.send_release(is_response=True)
             assoc.is_released = True
-            assoc.is_established = False
-            evt.trigger(assoc, evt.EVT_RELEASED, {})
-            assoc.kill()
+            _ended(assoc, evt.EVT_RELEASED)
             return
         if assoc.acse.is_aborted():
             assoc.dul.receive_pdu(wait=False)
             assoc.is_aborted = True
-            assoc.is_established = False
-            evt.trigger(assoc, evt.EVT_ABORTED, {})
-            assoc.kill()
+            _ended(assoc, evt.EVT_ABORTED)
             return
         if not assoc.dul.is_alive():
             assoc.kill()
@@ -176,6 +172,13 @@ def _requestor_reactor(assoc: Any) -> None:
                 assoc.abort()
             assoc.kill()
             return
+
+
+def _ended(assoc: Any, event: Any) -> None:
+    """The peer released or aborted: no longer established, tell the handlers, stop."""
+    assoc.is_established = False
+    evt.trigger(assoc, event, {})
+    assoc.kill()
 
 
 def install() -> bool:
