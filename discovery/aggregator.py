@@ -55,7 +55,8 @@ class Aggregator:
         self._published[run_id] = time.monotonic()
         run = self.ledger.run(run_id)
         if run is None:
-            status.publish(self.client, run_id, {"state": "unknown", **extra})
+            status.publish(self.client, run_id, {"state": "unknown", **extra},
+                           ttl=status.UNKNOWN_TTL)
             return
         fields = {"state": run["state"], **self.ledger.progress(run_id), **extra,
                   "created": run["created"], "updated": time.time()}

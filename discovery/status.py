@@ -13,6 +13,9 @@ import redis
 from discovery.settings import Settings
 
 TTL = 30 * 86400
+#: How long the answer about a run id the ledger does not know stays (a typo must not leave a
+#: key for a month); the asking producer reads it within seconds.
+UNKNOWN_TTL = 300
 
 
 def target(settings: Settings) -> str:
@@ -30,13 +33,13 @@ def stop_key(run_id: str) -> str:
     return f"discovery:stop:{run_id}"
 
 
-def publish(client: redis.Redis, run_id: str, fields: dict) -> None:
+def publish(client: redis.Redis, run_id: str, fields: dict, ttl: int = TTL) -> None:
     """Mirror progress fields (flat; nested values as JSON)."""
     flat = {k: json.dumps(v) if isinstance(v, dict | list | bool) or v is None else v
             for k, v in fields.items()}
     pipe = client.pipeline()
     pipe.hset(run_key(run_id), mapping=flat)
-    pipe.expire(run_key(run_id), TTL)
+    pipe.expire(run_key(run_id), ttl)
     pipe.execute()
 
 

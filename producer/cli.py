@@ -94,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     existing = args.resume or args.retry_failed or args.status or args.cancel
     if existing and (args.start or args.end):
         parser.error("--start/--end start a new run; do not combine them with "
-                     "--resume, --retry-failed or --status")
+                     "--resume, --retry-failed, --status or --cancel")
     if not existing and not (args.start and args.end):
-        parser.error("--start and --end are required (or --resume/--retry-failed/--status)")
+        parser.error("--start and --end are required (or --resume/--retry-failed/--status/"
+                     "--cancel)")
+    if args.timeout and not args.wait:
+        parser.error("--timeout limits --wait: add --wait, or leave --timeout out")
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from demo.servers import free_port
+from discovery import status
 
 RANGE = ("--start", "2024-01-01", "--end", "2024-01-02")
 OUT = Path("out") / "dicom_query_results.csv"
@@ -111,12 +112,16 @@ def test_pacs_unreachable(make_cluster, nowhere, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("action", ["--resume", "--retry-failed", "--status"])
-def test_unknown_run_id(action: str, make_cluster, nowhere, tmp_path: Path) -> None:
+def test_unknown_run_id(action: str, make_cluster, nowhere, redis_server,
+                       tmp_path: Path) -> None:
     cluster = make_cluster(nowhere)
     cluster.aggregator()
     check(cluster.producer(action, "20240101-000000-abcdef", timeout=90), 2,
           "unknown run id '20240101-000000-abcdef': the aggregator's ledger has no such run",
           tmp_path / OUT)
+    # The answer does not outlive the question by a month (a typo's key goes soon).
+    ttl = redis_server.client().ttl(status.run_key("20240101-000000-abcdef"))
+    assert 0 < ttl <= status.UNKNOWN_TTL
 
 
 @pytest.mark.parametrize("where", ["under a file", "is a file"])

@@ -48,6 +48,11 @@ def usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     (["--start", "2024-01-01T10:00", "--end", "2024-01-01T10:00"], "is not after --start"),
     (["--start", "2024-01-01", "--end", "2024-01-02", "--timeout", "soon"], "invalid float"),
     (["--start", "2024-01-01", "--end", "2024-01-02", "--frobnicate"], "unrecognized"),
+    (["--start", "2024-01-01", "--end", "2024-01-02", "--timeout", "60"],
+     "--timeout limits --wait: add --wait, or leave --timeout out"),
+    (["--status", "R1", "--timeout", "5"], "--timeout limits --wait"),
+    (["--cancel", "R1", "--start", "2024-01-01"], "--status or --cancel"),
+    (["--start", "2024-01-01"], "(or --resume/--retry-failed/--status/--cancel)"),
 ])
 def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], words: str) -> None:
     assert words in usage_error(capsys, argv)
