@@ -47,14 +47,22 @@ def parse_tm(value: str, end: bool = False) -> int:
     return us + unit - 1 if end else us
 
 
-def date_bounds(value: str) -> tuple[str, str] | None:
-    """StudyDate query -> inclusive (low, high) YYYYMMDD strings; None when universal."""
+def _range(value: str) -> tuple[str, str] | None:
+    """A DA or TM matching key as its (low, high) texts (a single value is both; an open end
+    is ``""``); None when universal."""
     value = (value or "").strip()
     if value in ("", "*"):
         return None
     low, sep, high = value.partition("-")
-    if not sep:
-        high = low
+    return (low, high) if sep else (low, low)
+
+
+def date_bounds(value: str) -> tuple[str, str] | None:
+    """StudyDate query -> inclusive (low, high) YYYYMMDD strings; None when universal."""
+    bounds = _range(value)
+    if bounds is None:
+        return None
+    low, high = bounds
     for part in (low, high):
         if part and not (len(part) == 8 and part.isdigit()):
             raise ValueError(f"not a DICOM DA value or range: {value!r}")
@@ -63,12 +71,10 @@ def date_bounds(value: str) -> tuple[str, str] | None:
 
 def time_bounds(value: str) -> tuple[int, int] | None:
     """StudyTime query -> inclusive (low, high) microseconds; None when universal."""
-    value = (value or "").strip()
-    if value in ("", "*"):
+    bounds = _range(value)
+    if bounds is None:
         return None
-    low, sep, high = value.partition("-")
-    if not sep:
-        high = low
+    low, high = bounds
     return (parse_tm(low) if low else 0, parse_tm(high, end=True) if high else _DAY_US)
 
 

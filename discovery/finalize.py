@@ -11,10 +11,16 @@ from discovery.outcome import status_text
 from discovery.windows import parse_key
 
 
-def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str],
-             progress: dict | None = None) -> dict:
+def _iso(day: str) -> str:
+    """A ledger date (DA, ``YYYYMMDD``) as ``YYYY-MM-DD``; anything else as it is."""
+    return f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 else day
+
+
+def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str], progress: dict,
+             caps: list[tuple[str, int, int, int]]) -> dict:
     """The JSON coverage report: parameters, every window, per-day totals, anomalies.
-    ``progress`` is :meth:`Ledger.progress` when the caller has it (a scan of every study)."""
+    ``progress`` and ``caps`` are the ledger's :meth:`~Ledger.progress` and
+    :meth:`~Ledger.silent_caps`, which the verdict was drawn from."""
     run = ledger.run(run_id)
     assert run is not None
     windows = []
@@ -36,7 +42,7 @@ def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str],
             uncovered.append({"range": w.label(), "status": state, "error": error})
     days = []
     for day, count, sweep_only in ledger.per_day(run_id):
-        iso = f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 else day
+        iso = _iso(day)
         sw = sweeps.get(iso)
         days.append({
             "date": iso, "studies": count, "found_only_by_day_sweep": sweep_only or 0,
@@ -47,13 +53,12 @@ def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str],
             days.append({"date": iso, "studies": 0, "found_only_by_day_sweep": 0,
                          "reconciliation": _reconciliation(sw, True)})
     days.sort(key=lambda d: str(d["date"]))
-    capped = {f"{d[:4]}-{d[4:6]}-{d[6:]}": (s, f) for d, s, f, _ in ledger.silent_caps(run_id)}
+    capped = {_iso(d): (s, f) for d, s, f, _ in caps}
     for d in days:
         if d["date"] in capped:
             s, f = capped[str(d["date"])]
             d["reconciliation"] = (f"not reconciled (silent cap: the day sweep found {s} "
                                    f"studies, the windows {f})")
-    progress = ledger.progress(run_id) if progress is None else progress
     return {
         "run_id": run_id,
         "parameters": run["params"],
@@ -100,7 +105,7 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
     caps = ledger.silent_caps(run_id)
     if caps:
         largest = max(answers for _, _, _, answers in caps)
-        days = ", ".join(f"{d[:4]}-{d[4:6]}-{d[6:]} ({s} < {f})" for d, s, f, _ in caps[:5])
+        days = ", ".join(f"{_iso(d)} ({s} < {f})" for d, s, f, _ in caps[:5])
         reasons.append(
             f"{len(caps)} day(s) where the date-only day sweep found fewer studies than the "
             f"windows ({days}): the PACS stops answering at a fixed count and says Success, so "
@@ -120,7 +125,7 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
         stale = report.output_paths(Path(params["output"]), report.INCOMPLETE)
         stale["csv"].unlink(missing_ok=True)
         stale["excel"].unlink(missing_ok=True)
-    cov = coverage(ledger, run_id, verdict, reasons, progress)
+    cov = coverage(ledger, run_id, verdict, reasons, progress, caps)
     report.write_json(paths["report"], cov)
     summary = {
         "verdict": verdict, "reasons": reasons, "csv": str(paths["csv"]),

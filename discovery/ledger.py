@@ -376,14 +376,14 @@ def _run_span(db: sqlite3.Connection, run_id: str) -> tuple[datetime, datetime] 
 
 
 def _asked_for(study: dict, start: datetime, end: datetime,
-               cache: dict[str, tuple[int, int] | None] | None = None) -> bool:
+               cache: dict[str, tuple[int, int] | None]) -> bool:
     """A study inside the run's range ``[start, end)``: dated on one of its days, at a time
     inside the run's span of that day. A date or time that cannot be read does not exclude it
     (an empty, absent or odd StudyTime is what the day sweep is for). A PACS that answers a
     single-date query with a row of another day (PS3.4 C.2.2.2.5 forbids it) would otherwise
-    put a study outside the range into the CSV."""
+    put a study outside the range into the CSV. ``cache`` holds the run's span of each date
+    already seen (one result carries few dates)."""
     raw = (study.get("date") or "").strip()
-    cache = {} if cache is None else cache
     if raw not in cache:
         cache[raw] = _span_of(raw, start, end)
     span = cache[raw]

@@ -21,7 +21,8 @@ also runs other workers, that is CPU taken from them.
   pynetdicom's own loop.
 
 Everything else is pynetdicom's own code. Only the versions it was written against (3.0.x)
-are changed; with another pynetdicom the stock threads run.
+are changed: with another pynetdicom :func:`install` changes nothing and returns False, and
+:mod:`discovery.dimse` then refuses to load (pyproject pins 3.0.x).
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ except SettingsError as exc:
     raise SystemExit(2) from None
 
 
-
 def _guard_flower(argv: list[str]) -> None:
     """``celery -A worker flower`` shows every task: never without a password, and on the
     loopback interface unless FLOWER_ADDRESS says otherwise. FLOWER_BASIC_AUTH may come from
