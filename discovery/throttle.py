@@ -3,7 +3,10 @@
 * :class:`AssociationLease` - at most ``DISCOVERY_PACS_MAX_ASSOCIATIONS`` associations to the
   PACS at once. A lease is a member of a sorted set scored by its expiry; a crashed worker's
   lease expires by itself (``DISCOVERY_ASSOCIATION_LEASE`` seconds), a live one is renewed by a
-  heartbeat thread while the association is open.
+  heartbeat thread while the association is open. Waiters are served first come, first served
+  (a queue in Redis, so a worker that just released cannot take its slot back ahead of one
+  that has waited); a waiter that stops polling (killed) leaves the queue after
+  ``WAITER_STALE`` seconds. :func:`long_waiters` tells holders someone has waited long.
 * :func:`pace` - at most ``DISCOVERY_PACS_MAX_QUERIES_PER_SECOND`` C-FIND requests per second
   across all workers: each query reserves the next free slot on a shared clock and sleeps
   until it.
@@ -20,16 +23,44 @@ import redis
 
 from discovery.errors import TransientError
 
+# KEYS: leases, waiting (token -> when it began to wait), seen (token -> its last poll).
+# ARGV: now, expiry, limit, token, stale (seconds without a poll: gone), queue ttl (ms).
+# The queue uses the Redis server's clock: workers on several machines share one.
 _ACQUIRE = """
-local key, now, expiry, limit, token = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]),
-    tonumber(ARGV[3]), ARGV[4]
+local key, waiting, seen = KEYS[1], KEYS[2], KEYS[3]
+local now, expiry, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-if redis.call('ZCARD', key) < limit then
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', clock - tonumber(ARGV[5]))) do
+    redis.call('ZREM', waiting, gone)
+    redis.call('ZREM', seen, gone)
+end
+redis.call('ZADD', waiting, 'NX', clock, token)
+local ahead = redis.call('ZCOUNT', waiting, '-inf', '(' .. redis.call('ZSCORE', waiting, token))
+if ahead < limit - redis.call('ZCARD', key) then
     redis.call('ZADD', key, expiry, token)
     redis.call('PEXPIRE', key, math.ceil((expiry - now) * 1000) + 1000)
+    redis.call('ZREM', waiting, token)
+    redis.call('ZREM', seen, token)
     return 1
 end
+redis.call('ZADD', seen, clock, token)
+redis.call('PEXPIRE', waiting, ARGV[6])
+redis.call('PEXPIRE', seen, ARGV[6])
 return 0
+"""
+
+# How many live waiters (polled within ARGV[2] s) began to wait more than ARGV[1] s ago.
+_LONG_WAITERS = """
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n = 0
+for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', clock - tonumber(ARGV[1]))) do
+    local last = redis.call('ZSCORE', KEYS[2], token)
+    if last and tonumber(last) > clock - tonumber(ARGV[2]) then n = n + 1 end
+end
+return n
 """
 
 # Renewal re-adds a lease that vanished (Redis flushed or restarted empty): the association
@@ -53,6 +84,27 @@ def pacs_key(kind: str, host: str, port: int, aet: str) -> str:
     return f"discovery:{kind}:{aet}@{host}:{port}"
 
 
+def waiting_keys(key: str) -> tuple[str, str]:
+    """The queue of workers waiting for a slot of the lease set ``key``: when each began to
+    wait, and when each last polled."""
+    return f"{key}:waiting", f"{key}:seen"
+
+
+def long_waiters(client: redis.Redis, key: str, longer_than: float) -> int:
+    """How many live workers have waited longer than ``longer_than`` seconds for a slot."""
+    return int(client.register_script(_LONG_WAITERS)(
+        keys=list(waiting_keys(key)), args=[longer_than, WAITER_STALE]))
+
+
+#: A waiter polls at least this often (seconds): a freed slot waits at most this long for the
+#: first in line.
+MAX_POLL = 0.25
+#: A waiter not seen polling for this long has gone (killed): it leaves the queue.
+WAITER_STALE = 10 * MAX_POLL
+#: Milliseconds the queue keys outlive their last waiter.
+QUEUE_TTL_MS = 600_000
+
+
 class AssociationLease:
     """A context manager holding one of ``limit`` association slots for the PACS."""
 
@@ -70,22 +122,34 @@ class AssociationLease:
         self._renew = client.register_script(_RENEW)
 
     def __enter__(self) -> AssociationLease:
+        """Take a slot, first come first served: wait in the queue until every worker that
+        began to wait earlier has one and a slot is free."""
         deadline = time.monotonic() + self.wait
-        delay = 0.05
+        delay = 0.02
+        keys = [self.key, *waiting_keys(self.key)]
         while True:
             now = time.time()
-            if self._acquire(keys=[self.key], args=[now, now + self.ttl, self.limit, self.token]):
+            if self._acquire(keys=keys, args=[now, now + self.ttl, self.limit, self.token,
+                                              WAITER_STALE, QUEUE_TTL_MS]):
                 break
             if time.monotonic() > deadline:
+                self._leave_queue()
                 raise TransientError(
                     f"no association slot free within {self.wait:g} s "
                     "(DISCOVERY_PACS_MAX_ASSOCIATIONS reached by other workers)"
                 )
             time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            delay = min(delay * 1.5, MAX_POLL)
         self._beat = threading.Thread(target=self._heartbeat, daemon=True)
         self._beat.start()
         return self
+
+    def _leave_queue(self) -> None:
+        try:
+            waiting, seen = waiting_keys(self.key)
+            self.client.pipeline().zrem(waiting, self.token).zrem(seen, self.token).execute()
+        except redis.RedisError:  # it goes stale by itself
+            pass
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl / 3):

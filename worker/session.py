@@ -10,8 +10,14 @@ It closes the association (A-RELEASE, lease returned):
 
 * after ``DISCOVERY_ASSOCIATION_IDLE_SECONDS`` without a query (0 = after every window, the
   old behaviour); keep it below the PACS's own idle timeout (Orthanc: 5 s);
-* after a query when another worker waits for a slot (a counter in Redis), so workers that
-  outnumber the slots take turns instead of waiting until the queue is empty;
+* after a query, or while idle, when another worker has waited for a slot longer than
+  ``YIELD_AFTER`` (waiters queue in Redis, first come first served), so workers that
+  outnumber the slots take turns instead of waiting until the queue is empty. A shorter wait
+  is no reason to hand over: a slot stays taken for a moment after each release
+  (``AssociationLease.RELEASE_GRACE``), so as many workers as slots see short waits, and if
+  each of them made every holder release, each release would make its releaser wait in turn:
+  associations churned and the workers queried one after another (benchmark A: 4 workers
+  ran at the pace of 1.2);
 * on any error (aborted, never reused), and when the worker process shuts down.
 
 A reused association the PACS has dropped meanwhile (its idle timeout, a restart) fails the
@@ -32,14 +38,16 @@ import redis
 from celery import signals
 
 from discovery.dimse import PacsConnection
-from discovery.throttle import AssociationLease, pacs_key
+from discovery.throttle import AssociationLease, long_waiters, pacs_key
 
 if TYPE_CHECKING:
     from discovery.settings import Settings
 
-#: Seconds the "someone waits for a slot" counter outlives its last waiter (a killed waiter
-#: cannot decrement it; meanwhile holders only release more often than needed).
-WAITERS_TTL = 660
+#: A holder hands its slot over after a query only to a worker that has waited this long:
+#: longer than a wait for a slot in its release grace (0.1 s; waiters poll every 20-250 ms).
+YIELD_AFTER = 0.5
+#: An idle association looks for long waiters this often (seconds).
+WAITERS_CHECK = 0.25
 
 
 class Session:
@@ -49,7 +57,6 @@ class Session:
         self.client, self.settings = client, settings
         s = settings
         self.lease_key = pacs_key("assoc", s.pacs_host, s.pacs_port, s.called_aet)
-        self.wait_key = pacs_key("assoc-wait", s.pacs_host, s.pacs_port, s.called_aet)
         self.lock = threading.RLock()
         self.conn: PacsConnection | None = None
         self.lease: AssociationLease | None = None
@@ -90,7 +97,7 @@ class Session:
         s = self.settings
         lease = AssociationLease(self.client, self.lease_key, s.pacs_max_associations,
                                  s.association_lease)
-        self._enter_waiting(lease)
+        lease.__enter__()
         try:
             conn = PacsConnection(s)
             conn.open()
@@ -100,27 +107,11 @@ class Session:
         self.conn, self.lease = conn, lease
         return conn
 
-    def _enter_waiting(self, lease: AssociationLease) -> None:
-        """Take a slot; while waiting, let holders know (they release after their query)."""
-        try:
-            pipe = self.client.pipeline()
-            pipe.incr(self.wait_key)
-            pipe.expire(self.wait_key, WAITERS_TTL)
-            pipe.execute()
-        except redis.RedisError:
-            pass
-        try:
-            lease.__enter__()
-        finally:
-            try:
-                self.client.decr(self.wait_key)
-            except redis.RedisError:
-                pass
-
     def _others_wait(self) -> bool:
+        """Whether a worker has waited for a slot longer than ``YIELD_AFTER``."""
         try:
-            return int(self.client.get(self.wait_key) or 0) > 0
-        except (redis.RedisError, ValueError):
+            return long_waiters(self.client, self.lease_key, YIELD_AFTER) > 0
+        except redis.RedisError:
             return True  # cannot tell: do not keep a slot someone may need
 
     def close(self, abort: bool = False) -> None:
@@ -139,16 +130,19 @@ class Session:
             self._closer.start()
 
     def _close_when_idle(self) -> None:
+        """Close after the idle time, or as soon as a worker has waited long for a slot: the
+        check after each query misses a worker that began to wait shortly before this
+        session's last query of a while."""
         idle = self.settings.association_idle_seconds
         while True:
             with self.lock:
                 if self.conn is None:
                     return
                 left = self.last_used + idle - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._others_wait():
                     self.close()
                     return
-            self._wake.wait(left)
+            self._wake.wait(min(left, WAITERS_CHECK))
 
 
 _local = threading.local()

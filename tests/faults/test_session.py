@@ -117,3 +117,27 @@ def test_workers_outnumbering_slots_take_turns(sim, make_cluster, tmp_path: Path
     assert stats["max_concurrent_associations"] == 2
     assert stats["rejected_associations"] == 0
     assert stats["total_queries"] == QUERIES
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_as_many_workers_as_slots_keep_their_associations(sim, make_cluster, tmp_path: Path,
+                                                          pool: str) -> None:
+    """Workers no more than the slots never hand their association over: a slot in its
+    release grace (the producer's preflight, a closed association) makes a worker wait a
+    moment, and that short wait must not make every holder release after each query (each
+    release is a grace in which the releaser waits in turn: associations churn, workers stand
+    in line and the run loses its parallelism)."""
+    scp = sim(delay_ms=20)
+    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="3",
+                           DISCOVERY_ASSOCIATION_IDLE_SECONDS="600")
+    cluster.worker(concurrency=3, pool=pool)
+    cluster.aggregator()
+    cluster.wait_ready()
+    days = ("--start", "2024-01-01", "--end", "2024-01-01", "--wait")  # with the preflight
+    done = cluster.producer(*days, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    stats = scp.stats()
+    assert stats["max_concurrent_associations"] == 3
+    # One association per worker process or thread, and the preflight's.
+    assert stats["total_associations"] <= 3 + 1, stats

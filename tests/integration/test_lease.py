@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
-from demo.cluster import RedisServer
+from demo.cluster import ROOT, RedisServer
 from discovery.errors import TransientError
-from discovery.throttle import AssociationLease
+from discovery.throttle import WAITER_STALE, AssociationLease, long_waiters, waiting_keys
 
 KEY = "discovery:assoc:TEST@127.0.0.1:104"
 
@@ -26,3 +29,58 @@ def test_a_released_slot_is_free_after_the_grace(redis_server: RedisServer,
     time.sleep(AssociationLease.RELEASE_GRACE + 0.05)
     with AssociationLease(client, KEY, 1, ttl=30, wait=0):
         assert client.zcard(KEY) == 1
+
+
+def _wait_for(check, message: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
+
+
+def test_first_come_first_served(redis_server: RedisServer, broker_url: str) -> None:
+    """A holder that releases and asks again at once does not take its slot back ahead of a
+    worker that has waited (it would starve that worker: worker/session.py hands slots over
+    to long waiters); the long wait is visible to holders; the queue is empty afterwards."""
+    client = redis_server.client()
+    order: list[str] = []
+    holder = AssociationLease(client, KEY, 1, ttl=30).__enter__()
+
+    def wait_then_hold(name: str, hold: float) -> None:
+        with AssociationLease(client, KEY, 1, ttl=30, wait=20):
+            order.append(name)
+            time.sleep(hold)
+
+    waiter = threading.Thread(target=wait_then_hold, args=("waiter", 0.3))
+    waiter.start()
+    _wait_for(lambda: long_waiters(client, KEY, 0.5) == 1, "the waiter is not seen waiting")
+    assert long_waiters(client, KEY, 5) == 0  # it has not waited that long
+    holder.__exit__(None, None, None)
+    wait_then_hold("holder again", 0)
+    waiter.join()
+    assert order == ["waiter", "holder again"]
+    assert long_waiters(client, KEY, 0) == 0
+    assert all(client.zcard(k) == 0 for k in waiting_keys(KEY))
+
+
+def test_a_killed_waiter_leaves_the_queue(redis_server: RedisServer, broker_url: str) -> None:
+    """A waiter killed while waiting cannot remove itself: once it has not polled for
+    WAITER_STALE seconds it no longer holds up those behind it, nor counts as waiting."""
+    client = redis_server.client()
+    holder = AssociationLease(client, KEY, 1, ttl=30).__enter__()
+    code = ("import redis, sys; from discovery.throttle import AssociationLease; "
+            f"AssociationLease(redis.Redis.from_url(sys.argv[1]), {KEY!r}, 1, 30).__enter__()")
+    victim = subprocess.Popen([sys.executable, "-c", code, redis_server.url], cwd=ROOT)
+    try:
+        _wait_for(lambda: client.zcard(waiting_keys(KEY)[0]) == 1, "the victim never queued")
+        time.sleep(0.3)  # it is first in line now, ahead of any later waiter
+    finally:
+        victim.kill()
+        victim.wait(10)
+    holder.__exit__(None, None, None)
+    started = time.monotonic()
+    with AssociationLease(client, KEY, 1, ttl=30, wait=20):
+        waited = time.monotonic() - started
+        assert long_waiters(client, KEY, 0) == 0
+    # Behind the victim until it went stale, not for the lease's whole wait.
+    assert WAITER_STALE - 0.5 < waited < 10, waited
