@@ -147,7 +147,10 @@ class AssociationLease:
     def _leave_queue(self) -> None:
         try:
             waiting, seen = waiting_keys(self.key)
-            self.client.pipeline().zrem(waiting, self.token).zrem(seen, self.token).execute()
+            pipe = self.client.pipeline()
+            pipe.zrem(waiting, self.token)
+            pipe.zrem(seen, self.token)
+            pipe.execute()
         except redis.RedisError:  # it goes stale by itself
             pass
 
