@@ -69,6 +69,11 @@ def consumes_results(argv: list[str]) -> bool:
     return False
 
 
+def pool_given(argv: list[str]) -> bool:
+    """Whether the command line names a pool (``-P x``, ``-Px``, ``--pool x``, ``--pool=x``)."""
+    return any(a in ("-P", "--pool") or a.startswith(("--pool=", "-P")) for a in argv[1:])
+
+
 _guard_flower(sys.argv)
 app = Celery("pacs_discovery", broker=settings.broker_url, include=["worker.tasks"])
 app.conf.update(
@@ -103,10 +108,11 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
 )
-if consumes_results(sys.argv):
+if consumes_results(sys.argv) and not pool_given(sys.argv):
     # The aggregator runs one task at a time anyway: the solo pool runs it in the main process
-    # and saves the hand-over to a pool child, half of its cost per result (docs/benchmarks.md
-    # C). `-P prefork` on the command line still wins.
+    # and saves the hand-over to a pool child (docs/benchmarks.md C). A pool on the command
+    # line wins; Celery itself would prefer this setting to an explicit `-P prefork`, which it
+    # cannot tell from its default.
     app.conf.worker_pool = "solo"
 
 
