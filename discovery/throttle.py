@@ -32,9 +32,15 @@ local now, expiry, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber
 local t = redis.call('TIME')
 local clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-for _, gone in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', clock - tonumber(ARGV[5]))) do
-    redis.call('ZREM', waiting, gone)
-    redis.call('ZREM', seen, gone)
+local stale = clock - tonumber(ARGV[5])
+-- Waiters queued longer than the stale time that have not polled since (or never: a lost
+-- 'seen' entry must not leave a waiter at the head of the queue for good) are gone.
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', stale)) do
+    local last = redis.call('ZSCORE', seen, w)
+    if not last or tonumber(last) < stale then
+        redis.call('ZREM', waiting, w)
+        redis.call('ZREM', seen, w)
+    end
 end
 redis.call('ZADD', waiting, 'NX', clock, token)
 local ahead = redis.call('ZCOUNT', waiting, '-inf', '(' .. redis.call('ZSCORE', waiting, token))

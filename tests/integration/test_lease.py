@@ -84,3 +84,15 @@ def test_a_killed_waiter_leaves_the_queue(redis_server: RedisServer, broker_url:
         assert long_waiters(client, KEY, 0) == 0
     # Behind the victim until it went stale, not for the lease's whole wait.
     assert WAITER_STALE - 0.5 < waited < 10, waited
+
+
+def test_a_waiter_without_a_last_poll_leaves_the_queue(redis_server: RedisServer,
+                                                       broker_url: str) -> None:
+    """A queue entry whose last poll is lost (a key evicted or deleted by hand) is dropped once
+    it is older than WAITER_STALE, instead of holding up the queue while others poll."""
+    client = redis_server.client()
+    seconds, micros = client.time()
+    waiting, seen = waiting_keys(KEY)
+    client.zadd(waiting, {"lost": seconds + micros / 1e6 - WAITER_STALE - 1})
+    with AssociationLease(client, KEY, 1, ttl=30, wait=0):
+        assert client.zscore(waiting, "lost") is None
