@@ -250,7 +250,9 @@ def test_eight_processes_never_exceed_two_associations(sim, make_cluster,
     stats = scp.stats()
     assert stats["max_concurrent_associations"] == 2
     assert stats["rejected_associations"] == 0
-    assert stats["total_associations"] >= 51  # the preflight, 48 windows, 2 day sweeps
+    # Six processes always wait (longer than YIELD_AFTER): holders hand over after most of
+    # the 50 queries (the preflight, 48 windows, 2 day sweeps), not after every one.
+    assert stats["total_associations"] >= 20
 
 
 # -- the PACS goes away, or refuses us -------------------------------------------------------------

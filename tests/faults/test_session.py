@@ -139,5 +139,6 @@ def test_as_many_workers_as_slots_keep_their_associations(sim, make_cluster, tmp
     assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
     stats = scp.stats()
     assert stats["max_concurrent_associations"] == 3
-    # One association per worker process or thread, and the preflight's.
-    assert stats["total_associations"] <= 3 + 1, stats
+    # One association per worker process or thread, and the preflight's; at most two more for
+    # a wait longer than YIELD_AFTER on a loaded machine (the churn opened 22 for 25 queries).
+    assert stats["total_associations"] <= 3 + 1 + 2, stats
