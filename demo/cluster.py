@@ -29,10 +29,12 @@ class Process:
         self.name, self.argv, self.env, self.log_path, self.cwd = name, list(argv), env, log, cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._offset = 0
 
     def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._offset = self._log.tell()  # the log file may hold earlier runs' output
         self.proc = subprocess.Popen(self.argv, env=dict(self.env), cwd=self.cwd,
                                      stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -63,6 +65,14 @@ class Process:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_since_start(self) -> str:
+        """What this start wrote: an earlier run's "ready." in the same file is not this one's."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(self._offset)
+            return f.read().decode(errors="replace")
 
 
 class RedisServer:
@@ -167,7 +177,7 @@ class Cluster:
         for proc in self.processes:
             if proc.name not in ("worker", "aggregator"):
                 continue
-            while " ready." not in proc.log():
+            while " ready." not in proc.log_since_start():
                 if not proc.alive():
                     raise RuntimeError(f"{proc.name} exited:\n{proc.log()[-3000:]}")
                 if time.monotonic() > deadline:
