@@ -158,8 +158,8 @@ class PacsConnection:
             try:
                 assoc = ae.associate(s.pacs_host, s.pacs_port, ae_title=s.called_aet,
                                      tls_args=tls, evt_handlers=handlers)
-            except (OSError, ssl.SSLError) as exc:  # pragma: no cover - pynetdicom catches most
-                raise TransientError(f"cannot connect to {s.pacs_label}: {exc}") from None
+            except (OSError, ssl.SSLError):  # a host name that does not resolve, and others
+                raise self._no_connection() from None
             # A DCMTK-based PACS (Orthanc) that rejects us may reset the connection right after
             # its A-ASSOCIATE-RJ; now and then the reset discards the RJ before we read it, and
             # the association ends at once with no answer at all. Asking again gets the RJ.
@@ -192,15 +192,20 @@ class PacsConnection:
                 f"{rsp.reason_str})"
             )
         if rsp is None:
-            why, permanent = _why_no_connection(s)
-            if permanent:  # a TLS setting must change; trying again cannot help
-                return PermanentError(f"cannot connect to {s.pacs_label}: {why}")
-            return TransientError(
-                f"cannot connect to {s.pacs_label}: {why}; "
-                "check DISCOVERY_PACS_HOST and DISCOVERY_PACS_PORT"
-                + (" and the DISCOVERY_TLS_* settings" if s.tls_enabled else "")
-            )
+            return self._no_connection()
         return TransientError(f"{s.pacs_label} aborted the association request")
+
+    def _no_connection(self) -> Exception:
+        """No association and no answer at all: say why, and which setting to check."""
+        s = self.settings
+        why, permanent = _why_no_connection(s)
+        if permanent:  # a TLS setting must change; trying again cannot help
+            return PermanentError(f"cannot connect to {s.pacs_label}: {why}")
+        return TransientError(
+            f"cannot connect to {s.pacs_label}: {why}; "
+            "check DISCOVERY_PACS_HOST and DISCOVERY_PACS_PORT"
+            + (" and the DISCOVERY_TLS_* settings" if s.tls_enabled else "")
+        )
 
     def echo(self) -> int | None:
         """C-ECHO (PS3.7 9.1.5); the status, or ``None`` when none came."""
@@ -261,7 +266,6 @@ def _why_no_connection(s: Settings) -> tuple[str, bool]:
     network or the PACS recover: refused, unreachable and timed out are told apart with one
     plain TCP connect; TLS trouble (certificate, host name, TLS on one side only) with one TLS
     handshake. Runs only after a failure, so the extra connections cost nothing otherwise."""
-    start = time.monotonic()
     try:
         with socket.create_connection((s.pacs_host, s.pacs_port), timeout=s.connect_timeout):
             pass
@@ -277,7 +281,6 @@ def _why_no_connection(s: Settings) -> tuple[str, bool]:
         tls = _tls_context(s)
         assert tls is not None
         return _tls_trouble(s, _handshake(s, tls[0], s.connect_timeout))
-    waited = time.monotonic() - start
     # A TLS server answers a ClientHello at once; a silent DICOM server must not cost long.
     if _speaks_tls(_handshake(s, _any_server(), min(3.0, s.connect_timeout))):
         return (
@@ -286,7 +289,8 @@ def _why_no_connection(s: Settings) -> tuple[str, bool]:
             "for a client certificate)"
         ), True
     return (
-        f"the port accepts connections but no DICOM association answer came ({waited:.1f} s)"
+        "the port accepts connections but no DICOM association answer came within "
+        f"DISCOVERY_ACSE_TIMEOUT ({s.acse_timeout:g} s)"
     ), False
 
 
