@@ -8,7 +8,7 @@ from pathlib import Path
 from discovery import report
 from discovery.ledger import Ledger
 from discovery.outcome import status_text
-from discovery.windows import parse_key
+from discovery.windows import merge_spans, parse_key
 
 
 def _iso(day: str) -> str:
@@ -39,7 +39,7 @@ def coverage(ledger: Ledger, run_id: str, verdict: str, reasons: list[str], prog
         else:
             windows.append(entry)
         if state in ("incomplete", "failed", "dispatched"):
-            uncovered.append({"range": w.label(), "status": state, "error": error})
+            uncovered.append({"key": key, "range": w.label(), "status": state, "error": error})
     days = []
     for day, count, sweep_only in ledger.per_day(run_id):
         iso = _iso(day)
@@ -133,8 +133,22 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
         "excel": str(paths["excel"]) if params.get("excel_safe") else None,
         "anomalies": cov["anomalies"],
         "days_not_reconciled": cov["totals"]["days_not_reconciled"],
-        "uncovered": [u["range"] for u in cov["uncovered"]][:20],
+        "uncovered": _uncovered_lines(cov["uncovered"]),
         **progress,
     }
     ledger.finish(run_id, summary)
     return summary
+
+
+#: Spans the summary (the producer's output, --status) lists; the coverage report has them all.
+SUMMARY_SPANS = 20
+
+
+def _uncovered_lines(uncovered: list[dict]) -> list[str]:
+    """The uncovered spans for the summary: adjacent windows joined, at most SUMMARY_SPANS,
+    then how many more the coverage report lists."""
+    spans = merge_spans([parse_key(u["key"]) for u in uncovered])
+    lines = [w.label() for w in spans[:SUMMARY_SPANS]]
+    if len(spans) > SUMMARY_SPANS:
+        lines.append(f"... and {len(spans) - SUMMARY_SPANS} more spans: see the coverage report")
+    return lines

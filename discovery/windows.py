@@ -229,3 +229,17 @@ def day_span(start: datetime, end: datetime, day: date) -> tuple[int, int]:
     lo = max(0, int((start - midnight).total_seconds()))
     hi = min(DAY_SECONDS, int((end - midnight).total_seconds()))
     return lo, hi
+
+
+def merge_spans(windows: list[Window]) -> list[Window]:
+    """The same time as ``windows``, in order, with windows that touch on the same day joined
+    (for reports: 20 adjacent five-minute windows are one span). Day sweeps stay as they are."""
+    merged: list[Window] = []
+    for w in sorted(set(windows)):
+        last = merged[-1] if merged else None
+        if (last is not None and not w.is_sweep and not last.is_sweep and last.day == w.day
+                and w.lo <= last.hi):
+            merged[-1] = Window(w.day, last.lo, max(last.hi, w.hi))
+        else:
+            merged.append(w)
+    return merged

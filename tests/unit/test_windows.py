@@ -16,6 +16,7 @@ from discovery.windows import (
     WindowError,
     day_span,
     lower_bound,
+    merge_spans,
     parse_bound,
     parse_key,
     parse_tm,
@@ -288,3 +289,26 @@ def test_years_outside_1000_to_9998_are_refused(text: str) -> None:
 def test_a_range_too_large_is_refused_before_planning() -> None:
     with pytest.raises(WindowError, match="split it into runs"):
         plan(datetime(1000, 1, 1), datetime(9000, 1, 1), 60)
+
+
+def test_merge_spans_joins_touching_windows_of_a_day() -> None:
+    d1, d2 = date(2024, 1, 1), date(2024, 1, 2)
+    five = [Window(d1, m * 60, m * 60 + 300) for m in range(545, 645, 5)]  # 09:05-10:45
+    got = merge_spans([*reversed(five), Window(d1, 43200, 46800), Window(d2, 0, 3600),
+                       Window(d1, -1, -1), Window(d2, 3600, 7200), five[0]])
+    assert got == [Window(d1, -1, -1), Window(d1, 545 * 60, 645 * 60), Window(d1, 43200, 46800),
+                   Window(d2, 0, 7200)]
+    assert [w.label() for w in got[1:2]] == ["2024-01-01 09:05:00-10:44:59.999999"]
+    assert merge_spans([]) == []
+
+
+def test_the_summary_lists_twenty_spans_then_how_many_more() -> None:
+    from discovery.finalize import SUMMARY_SPANS, _uncovered_lines
+
+    apart = [{"key": Window(date(2024, 1, 1), h * 3600, h * 3600 + 60).key}
+             for h in range(SUMMARY_SPANS + 3)]
+    lines = _uncovered_lines(apart)
+    assert len(lines) == SUMMARY_SPANS + 1
+    assert lines[-1] == "... and 3 more spans: see the coverage report"
+    assert _uncovered_lines(apart[:2]) == [Window(date(2024, 1, 1), 0, 60).label(),
+                                           Window(date(2024, 1, 1), 3600, 3660).label()]
