@@ -116,6 +116,7 @@ class Aggregator:
             self.publish(run_id, ack=nonce)
             return
         if action in ("resume", "retry_failed"):
+            self._follow_target(run_id, run["params"])
             status.clear_stop(self.client, run_id)
             keys = self.ledger.reset_failed(run_id) if action == "retry_failed" else []
             open_keys = self.ledger.open_windows(run_id)
@@ -131,6 +132,16 @@ class Aggregator:
             elif run["state"] != "finished":
                 self.finish(run_id)
         self.publish(run_id, ack=nonce)
+
+    def _follow_target(self, run_id: str, params: dict) -> None:
+        """A resume may come with fixed settings (a wrong AE title stopped the run): from then
+        on the run queries what the resuming producer published, and its report says so."""
+        target = status.published_target(self.client, run_id)
+        if target is None or target == (params.get("calling_aet"), params.get("pacs")):
+            return
+        log.info("run %s now queries %s as %s (was %s as %s)", run_id, target[1], target[0],
+                 params.get("pacs"), params.get("calling_aet"))
+        self.ledger.set_params(run_id, {**params, "calling_aet": target[0], "pacs": target[1]})
 
     def watchdog(self, redispatch_after: float, queue_len: Callable[[], int]) -> int:
         """Re-dispatch windows dispatched long ago and never reported, once nothing waits in

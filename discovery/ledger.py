@@ -140,6 +140,10 @@ class Ledger:
             "finished": row[4], "summary": json.loads(row[5]) if row[5] else None,
         }
 
+    def set_params(self, run_id: str, params: dict) -> None:
+        self.db.execute("UPDATE runs SET params = ? WHERE run_id = ?",
+                        (json.dumps(params, sort_keys=True), run_id))
+
     def runs_with_open_windows(self) -> list[str]:
         rows = self.db.execute(
             "SELECT DISTINCT run_id FROM windows WHERE state = 'dispatched'"

@@ -29,6 +29,16 @@ def run_key(run_id: str) -> str:
     return f"discovery:run:{run_id}"
 
 
+def published_target(client: redis.Redis, run_id: str) -> tuple[str, str] | None:
+    """The (calling AE title, PACS label) the run's mirror says it queries, if published."""
+    value = client.hget(run_key(run_id), "target")
+    if not value:
+        return None
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    calling, sep, pacs = text.partition("->")
+    return (calling, pacs) if sep else None
+
+
 def stop_key(run_id: str) -> str:
     return f"discovery:stop:{run_id}"
 

@@ -32,3 +32,24 @@ def test_retry_failed_mirror_says_running_before_any_window_is_sent(
     assert status.read(client, RUN)["state"] == "finished"
     agg.control("retry_failed", RUN, "nonce")
     assert seen == ["running"]
+
+
+def test_a_resume_with_fixed_settings_is_what_the_report_names(
+        redis_server: RedisServer, broker_url: str, tmp_path: Path) -> None:
+    """A run stopped because the workers query another PACS (a wrong called AE title at the
+    producer) and resumed with the right one: the coverage report names the PACS the run
+    then queried, not the wrong one."""
+    import json
+
+    client = redis_server.client()
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    agg = Aggregator(ledger, client, lambda run_id, keys: None)
+    agg.register(RUN, {**PARAMS, "output": str(tmp_path / "out.csv"),
+                       "pacs": "WRONGAET@127.0.0.1:104", "calling_aet": "DISCOVERY"})
+    status.publish(client, RUN, {"target": "DISCOVERY->ORTHANC@127.0.0.1:104"})
+    agg.control("resume", RUN, "nonce")
+    assert ledger.run(RUN)["params"]["pacs"] == "ORTHANC@127.0.0.1:104"  # type: ignore[index]
+    agg.record(RUN, "20240101/000000-010000", {**FAILED, "state": "complete", "status": 0,
+                                               "error": None}, final=True)
+    report = json.loads((tmp_path / "out.coverage.json").read_text())
+    assert report["parameters"]["pacs"] == "ORTHANC@127.0.0.1:104"
