@@ -1,8 +1,9 @@
 """``make demo`` / ``python -m demo.run``: the main job, end to end, on this machine.
 
 Reuses the Redis on 127.0.0.1:6379 (database 15, emptied first) or starts a private one,
-starts a local Orthanc on free ports seeded with generated studies, a query worker and the aggregator (the
-documented commands), runs ``python -m producer ... --wait``, and stops what it started.
+starts a local Orthanc on free ports seeded with generated studies, a query worker and the
+aggregator (the documented commands), runs ``python -m producer ... --wait``, and stops what
+it started.
 """
 
 from __future__ import annotations
