@@ -6,7 +6,10 @@
   heartbeat thread while the association is open. Waiters are served first come, first served
   (a queue in Redis, so a worker that just released cannot take its slot back ahead of one
   that has waited); a waiter that stops polling (killed) leaves the queue after
-  ``WAITER_STALE`` seconds. :func:`long_waiters` tells holders someone has waited long.
+  ``WAITER_STALE`` seconds. :meth:`AssociationLease.should_leave` tells a holder when to
+  hand its slot over (someone has waited long and no other slot is on its way to them, or
+  more slots are held than the limit after Redis lost leases). All times are the Redis
+  server's clock.
 * :func:`pace` - at most ``DISCOVERY_PACS_MAX_QUERIES_PER_SECOND`` C-FIND requests per second
   across all workers: each query reserves the next free slot on a shared clock and sleeps
   until it.
@@ -23,16 +26,20 @@ import redis
 
 from discovery.errors import TransientError
 
-# KEYS: leases, waiting (token -> when it began to wait), seen (token -> its last poll).
-# ARGV: now, expiry, limit, token, stale (seconds without a poll: gone), queue ttl (ms).
-# The queue uses the Redis server's clock: workers on several machines share one.
-_ACQUIRE = """
-local key, waiting, seen = KEYS[1], KEYS[2], KEYS[3]
-local now, expiry, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+# Every script reads the Redis server's clock: workers on several machines share one, and a
+# worker whose clock is off cannot expire the others' leases.
+_CLOCK = """
 local t = redis.call('TIME')
 local clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-local stale = clock - tonumber(ARGV[5])
+"""
+
+# KEYS: leases (token -> expiry), waiting (token -> when it began to wait), seen (token -> its
+# last poll). ARGV: ttl, limit, token, stale (seconds without a poll: gone), queue ttl (ms).
+_ACQUIRE = _CLOCK + """
+local key, waiting, seen = KEYS[1], KEYS[2], KEYS[3]
+local ttl, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', clock)
+local stale = clock - tonumber(ARGV[4])
 -- Waiters queued longer than the stale time that have not polled since (or never: a lost
 -- 'seen' entry must not leave a waiter at the head of the queue for good) are gone.
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', stale)) do
@@ -45,44 +52,88 @@ end
 redis.call('ZADD', waiting, 'NX', clock, token)
 local ahead = redis.call('ZCOUNT', waiting, '-inf', '(' .. redis.call('ZSCORE', waiting, token))
 if ahead < limit - redis.call('ZCARD', key) then
-    redis.call('ZADD', key, expiry, token)
-    redis.call('PEXPIRE', key, math.ceil((expiry - now) * 1000) + 1000)
+    redis.call('ZADD', key, clock + ttl, token)
+    redis.call('PEXPIRE', key, math.ceil(ttl * 1000) + 1000)
     redis.call('ZREM', waiting, token)
     redis.call('ZREM', seen, token)
     return 1
 end
 redis.call('ZADD', seen, clock, token)
-redis.call('PEXPIRE', waiting, ARGV[6])
-redis.call('PEXPIRE', seen, ARGV[6])
+redis.call('PEXPIRE', waiting, ARGV[5])
+redis.call('PEXPIRE', seen, ARGV[5])
 return 0
 """
 
 # How many live waiters (polled within ARGV[2] s) began to wait more than ARGV[1] s ago.
-_LONG_WAITERS = """
-local t = redis.call('TIME')
-local clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local n = 0
-for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', clock - tonumber(ARGV[1]))) do
-    local last = redis.call('ZSCORE', KEYS[2], token)
-    if last and tonumber(last) > clock - tonumber(ARGV[2]) then n = n + 1 end
+_LONG_WAITERS_BODY = """
+local function long_waiters(waiting, seen, longer_than, stale)
+    local n = 0
+    for _, w in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', clock - longer_than)) do
+        local last = redis.call('ZSCORE', seen, w)
+        if last and tonumber(last) > clock - stale then n = n + 1 end
+    end
+    return n
 end
-return n
+"""
+_LONG_WAITERS = _CLOCK + _LONG_WAITERS_BODY + """
+return long_waiters(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
+"""
+
+# Whether holder ARGV[5] should hand its slot over: more long waiters than slots that are
+# free, in their release grace or being handed over already; or more slots held than the
+# limit (leases lost with a Redis flush and re-added by renewal). If so it is marked as
+# leaving here, atomically, so that the next holder checking counts its slot as handed over:
+# one waiter makes one holder leave, not all of them.
+# KEYS: leases, waiting, seen, leaving (token -> until). ARGV: longer_than, stale, limit,
+# grace, token, ttl.
+_SHOULD_LEAVE = _CLOCK + _LONG_WAITERS_BODY + """
+local key, leaving, limit, grace, token = KEYS[1], KEYS[4], tonumber(ARGV[3]),
+    tonumber(ARGV[4]), ARGV[5]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', clock)
+redis.call('ZREMRANGEBYSCORE', leaving, '-inf', clock)
+if redis.call('ZSCORE', leaving, token) then return 1 end
+if not redis.call('ZSCORE', key, token) then
+    -- our association is open: a lease lost with a flush counts again at once
+    redis.call('ZADD', key, clock + tonumber(ARGV[6]), token)
+end
+local going = 0
+for _, t in ipairs(redis.call('ZRANGE', leaving, 0, -1)) do
+    local until_ = redis.call('ZSCORE', key, t)
+    if until_ and tonumber(until_) > clock + grace then going = going + 1 end
+end
+local staying = redis.call('ZCOUNT', key, '(' .. (clock + grace), '+inf') - going
+local waiters = long_waiters(KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if staying > limit or waiters > limit - staying then
+    redis.call('ZADD', leaving, clock + 60, token)
+    redis.call('PEXPIRE', leaving, 60000)
+    return 1
+end
+return 0
 """
 
 # Renewal re-adds a lease that vanished (Redis flushed or restarted empty): the association
-# is really open, so it must count against the limit again.
-_RENEW = """
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[1]) - tonumber(ARGV[3])) * 1000) + 1000)
+# is really open, so it must count against the limit again. ARGV: ttl, token.
+_RENEW = _CLOCK + """
+redis.call('ZADD', KEYS[1], clock + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
 return 1
 """
 
-_PACE = """
-local key, now, interval = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+# Release: the slot stays taken for the grace (ARGV[1] s), then is free. KEYS: leases,
+# leaving. ARGV: grace, token.
+_RELEASE = _CLOCK + """
+redis.call('ZADD', KEYS[1], 'XX', clock + tonumber(ARGV[1]), ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+# ARGV: interval. Returns the seconds to sleep until this query's turn.
+_PACE = _CLOCK + """
+local key, interval = KEYS[1], tonumber(ARGV[1])
 local nxt = tonumber(redis.call('GET', key) or '0')
-local slot = math.max(now, nxt)
+local slot = math.max(clock, nxt)
 redis.call('SET', key, tostring(slot + interval), 'PX', math.ceil(interval * 1000) + 60000)
-return tostring(slot - now)
+return tostring(slot - clock)
 """
 
 
@@ -94,6 +145,11 @@ def waiting_keys(key: str) -> tuple[str, str]:
     """The queue of workers waiting for a slot of the lease set ``key``: when each began to
     wait, and when each last polled."""
     return f"{key}:waiting", f"{key}:seen"
+
+
+def leaving_key(key: str) -> str:
+    """Holders of the lease set ``key`` that are handing their slot over."""
+    return f"{key}:leaving"
 
 
 def long_waiters(client: redis.Redis, key: str, longer_than: float) -> int:
@@ -126,6 +182,8 @@ class AssociationLease:
         self._beat: threading.Thread | None = None
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._should_leave = client.register_script(_SHOULD_LEAVE)
 
     def __enter__(self) -> AssociationLease:
         """Take a slot, first come first served: wait in the queue until every worker that
@@ -133,22 +191,33 @@ class AssociationLease:
         deadline = time.monotonic() + self.wait
         delay = 0.02
         keys = [self.key, *waiting_keys(self.key)]
-        while True:
-            now = time.time()
-            if self._acquire(keys=keys, args=[now, now + self.ttl, self.limit, self.token,
-                                              WAITER_STALE, QUEUE_TTL_MS]):
-                break
-            if time.monotonic() > deadline:
-                self._leave_queue()
-                raise TransientError(
-                    f"no association slot free within {self.wait:g} s "
-                    "(DISCOVERY_PACS_MAX_ASSOCIATIONS reached by other workers)"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, MAX_POLL)
+        try:
+            while not self._acquire(keys=keys, args=[self.ttl, self.limit, self.token,
+                                                     WAITER_STALE, QUEUE_TTL_MS]):
+                if time.monotonic() > deadline:
+                    raise TransientError(
+                        f"no association slot free within {self.wait:g} s "
+                        "(DISCOVERY_PACS_MAX_ASSOCIATIONS reached by other workers)"
+                    )
+                time.sleep(delay)
+                delay = min(delay * 1.5, MAX_POLL)
+        except BaseException:
+            # A timeout, a Redis error, Ctrl-C, a task's time limit: out of the queue at once
+            # (it would hold up those behind until it went stale).
+            self._leave_queue()
+            raise
         self._beat = threading.Thread(target=self._heartbeat, daemon=True)
         self._beat.start()
         return self
+
+    def should_leave(self, longer_than: float) -> bool:
+        """Whether this holder should hand its slot over now (see ``_SHOULD_LEAVE``): a worker
+        has waited longer than ``longer_than`` seconds and no other slot is on its way to it,
+        or more slots are held than the limit. ``True`` marks this slot as being handed over:
+        the caller must then close its association and leave the lease."""
+        keys = [self.key, *waiting_keys(self.key), leaving_key(self.key)]
+        return bool(self._should_leave(keys=keys, args=[
+            longer_than, WAITER_STALE, self.limit, self.RELEASE_GRACE, self.token, self.ttl]))
 
     def _leave_queue(self) -> None:
         try:
@@ -163,8 +232,7 @@ class AssociationLease:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
-                now = time.time()
-                self._renew(keys=[self.key], args=[now + self.ttl, self.token, now])
+                self._renew(keys=[self.key], args=[self.ttl, self.token])
             except redis.RedisError:  # the lease expires by itself; the next beat retries
                 pass
 
@@ -174,7 +242,8 @@ class AssociationLease:
         if self._beat is not None:
             self._beat.join()  # a renewal in flight must not re-add the lease after this
         try:
-            self.client.zadd(self.key, {self.token: time.time() + self.RELEASE_GRACE}, xx=True)
+            self._release(keys=[self.key, leaving_key(self.key)],
+                          args=[self.RELEASE_GRACE, self.token])
         except redis.RedisError:  # it expires by itself
             pass
 
@@ -184,7 +253,7 @@ def pace(client: redis.Redis, key: str, per_second: float) -> float:
     if per_second <= 0:
         return 0.0
     script = client.register_script(_PACE)
-    wait = float(script(keys=[key], args=[time.time(), 1.0 / per_second]))
+    wait = float(script(keys=[key], args=[1.0 / per_second]))
     if wait > 0:
         time.sleep(wait)
     return wait

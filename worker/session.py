@@ -11,13 +11,16 @@ It closes the association (A-RELEASE, lease returned):
 * after ``DISCOVERY_ASSOCIATION_IDLE_SECONDS`` without a query (0 = after every window, the
   old behaviour); keep it below the PACS's own idle timeout (Orthanc: 5 s);
 * after a query, or while idle, when another worker has waited for a slot longer than
-  ``YIELD_AFTER`` (waiters queue in Redis, first come first served), so workers that
-  outnumber the slots take turns instead of waiting until the queue is empty. A shorter wait
-  is no reason to hand over: a slot stays taken for a moment after each release
-  (``AssociationLease.RELEASE_GRACE``), so as many workers as slots see short waits, and if
-  each of them made every holder release, each release would make its releaser wait in turn:
-  associations churned and the workers queried one after another (benchmark A: 4 workers
-  ran at the pace of 1.2);
+  ``YIELD_AFTER`` and no other slot is on its way to it (waiters queue in Redis, first come
+  first served; Redis decides which holder leaves, so one waiter costs one hand-over), so
+  workers that outnumber the slots take turns instead of waiting until the queue is empty.
+  A shorter wait is no reason to hand over: a slot stays taken for a moment after each
+  release (``AssociationLease.RELEASE_GRACE``), so as many workers as slots see short waits,
+  and if each of them made every holder release, each release would make its releaser wait in
+  turn: associations churned and the workers queried one after another (benchmark A: 4
+  workers ran at the pace of 1.2);
+* after a query, or while idle, when more slots are held than the limit (Redis lost the
+  leases, waiters took the slots that looked free, renewals put the old ones back);
 * on any error (aborted, never reused), and when the worker process shuts down.
 
 A reused association the PACS has dropped meanwhile (its idle timeout, a restart) fails the
@@ -38,7 +41,7 @@ import redis
 from celery import signals
 
 from discovery.dimse import PacsConnection
-from discovery.throttle import AssociationLease, long_waiters, pacs_key
+from discovery.throttle import AssociationLease, pacs_key
 
 if TYPE_CHECKING:
     from discovery.settings import Settings
@@ -108,9 +111,14 @@ class Session:
         return conn
 
     def _others_wait(self) -> bool:
-        """Whether a worker has waited for a slot longer than ``YIELD_AFTER``."""
+        """Whether to hand this association's slot over now: a worker has waited for a slot
+        longer than ``YIELD_AFTER`` and no other holder is handing one over to it already, or
+        more slots are held than the limit (Redis lost leases). Decided in Redis, atomically
+        with the other holders' checks: one waiter makes one holder leave."""
+        if self.lease is None:
+            return False
         try:
-            return long_waiters(self.client, self.lease_key, YIELD_AFTER) > 0
+            return self.lease.should_leave(YIELD_AFTER)
         except redis.RedisError:
             return True  # cannot tell: do not keep a slot someone may need
 

@@ -96,3 +96,74 @@ def test_a_waiter_without_a_last_poll_leaves_the_queue(redis_server: RedisServer
     client.zadd(waiting, {"lost": seconds + micros / 1e6 - WAITER_STALE - 1})
     with AssociationLease(client, KEY, 1, ttl=30, wait=0):
         assert client.zscore(waiting, "lost") is None
+
+
+def _holders(client, n: int, limit: int) -> list[AssociationLease]:  # type: ignore[no-untyped-def]
+    return [AssociationLease(client, KEY, limit, ttl=30, wait=0).__enter__() for _ in range(n)]
+
+
+def test_one_long_waiter_makes_one_holder_leave(redis_server: RedisServer,
+                                                broker_url: str) -> None:
+    """Three holders check, one after another, whether to hand over to the one worker that
+    has waited long: exactly one of them leaves, and nobody once its slot is on its way."""
+    client = redis_server.client()
+    holders = _holders(client, 3, 3)
+    assert [h.should_leave(0.5) for h in holders] == [False, False, False]  # nobody waits
+    waiter = threading.Thread(
+        target=lambda: AssociationLease(client, KEY, 3, ttl=30, wait=20).__enter__().__exit__(
+            None, None, None))
+    waiter.start()
+    _wait_for(lambda: long_waiters(client, KEY, 0.5) == 1, "the waiter is not seen waiting")
+    leaving = [h.should_leave(0.5) for h in holders]
+    assert sum(leaving) == 1, leaving
+    assert [h.should_leave(0.5) for h in holders] == leaving  # the decision stands
+    holders[leaving.index(True)].__exit__(None, None, None)
+    waiter.join()
+    for h, gone in zip(holders, leaving, strict=True):
+        if not gone:
+            h.__exit__(None, None, None)
+
+
+def test_holders_beyond_the_limit_leave_after_redis_lost_the_leases(
+        redis_server: RedisServer, broker_url: str) -> None:
+    """Redis loses the leases (FLUSHALL): two more workers take the slots that look free.
+    The next checks put the old holders' leases back and make exactly two of the four
+    leave, so the cap holds again from the next query on."""
+    client = redis_server.client()
+    old = _holders(client, 2, 2)
+    client.flushall()
+    new = _holders(client, 2, 2)
+    leaving = [h.should_leave(0.5) for h in [*old, *new]]
+    assert sum(leaving) == 2, leaving
+    for h in [*old, *new]:
+        h.__exit__(None, None, None)
+
+
+def test_a_waiter_interrupted_leaves_the_queue(redis_server: RedisServer, broker_url: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only a timeout: Ctrl-C or a task's time limit while waiting takes the waiter out
+    of the queue at once, instead of holding up those behind it until it goes stale."""
+    client = redis_server.client()
+    holder = AssociationLease(client, KEY, 1, ttl=30).__enter__()
+
+    def interrupted(_: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        AssociationLease(client, KEY, 1, ttl=30, wait=20).__enter__()
+    monkeypatch.undo()
+    assert all(client.zcard(k) == 0 for k in waiting_keys(KEY))
+    holder.__exit__(None, None, None)
+
+
+def test_a_worker_clock_far_ahead_does_not_expire_other_leases(
+        redis_server: RedisServer, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leases run on the Redis server's clock: a worker whose own clock is two minutes ahead
+    cannot take a slot by expiring another worker's lease."""
+    client = redis_server.client()
+    with AssociationLease(client, KEY, 1, ttl=30):
+        ahead = time.time() + 120
+        monkeypatch.setattr(time, "time", lambda: ahead)
+        with pytest.raises(TransientError):
+            AssociationLease(client, KEY, 1, ttl=30, wait=0).__enter__()
