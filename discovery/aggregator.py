@@ -110,11 +110,15 @@ class Aggregator:
         return summary
 
     def control(self, action: str, run_id: str, nonce: str) -> None:
-        """``status``, ``resume`` or ``retry_failed``; answers by publishing ``ack=nonce``."""
+        """``status``, ``resume``, ``retry_failed`` or ``cancel``; answers by publishing
+        ``ack=nonce``. A cancel of a finished run changes nothing (the answer says finished)."""
         run = self.ledger.run(run_id)
         if run is None:
             self.publish(run_id, ack=nonce)
             return
+        if action == "cancel" and run["state"] != "finished":
+            status.stop_run(self.client, run_id, "cancelled by the operator (python -m producer "
+                            f"--cancel {run_id}); resume with --resume {run_id}")
         if action in ("resume", "retry_failed"):
             self._follow_target(run_id, run["params"])
             status.clear_stop(self.client, run_id)

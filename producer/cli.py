@@ -3,8 +3,10 @@
 Exit codes: 0 every window covered; 1 unexpected error; 2 bad input or settings (including an
 unknown run id); 3 the run is incomplete (failed or uncovered windows, the coverage report
 names them); 4 the PACS does not return Study Description; 5 the PACS or broker refuses us for
-a reason a setting must fix (AE title, C-FIND not allowed); 6 the broker or the PACS cannot be
-reached; 7 ``--wait --timeout`` gave up while the run goes on.
+a reason a setting must fix (AE title, C-FIND not allowed), or the run is stopped (by a worker
+for such a reason, or ``--cancel``); 6 the broker or the PACS cannot be reached; 7 ``--wait
+--timeout`` gave up while the run goes on. ``--status`` exits as ``--wait`` would for the run's
+state (0 while it goes on).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from discovery.windows import WindowError, parse_bound
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 EXIT_NO_DESCRIPTION, EXIT_CONFIG, EXIT_UNREACHABLE, EXIT_RUNNING = 4, 5, 6, 7
+#: Options of the "a new run" group besides --start/--end: an existing run keeps its own.
+NEW_RUN_ONLY = ("--output", "--all-studies", "--excel-safe", "--skip-preflight")
 VERDICT_EXIT = {"complete": EXIT_OK, "incomplete": EXIT_INCOMPLETE,
                 "no_description": EXIT_NO_DESCRIPTION}
 
@@ -34,8 +38,9 @@ Settings come from DISCOVERY_* environment variables or .env (see .env.example).
 EPILOG = """\
 exit codes: 0 complete; 2 bad input or settings; 3 incomplete (see the coverage report);
 4 the PACS does not return Study Description; 5 a setting must change (AE title, C-FIND not
-allowed); 6 broker or PACS unreachable; 7 --timeout gave up, the run goes on; 1 unexpected
-error.
+allowed) or the run is stopped (--cancel); 6 broker or PACS unreachable; 7 --timeout gave up,
+the run goes on; 1 unexpected error. --status and --cancel of a finished run exit with its
+verdict, --status of a stopped run with 5.
 
 examples:
   python -m producer --start 2024-01-01 --end 2024-01-31 --wait
@@ -95,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     if existing and (args.start or args.end):
         parser.error("--start/--end start a new run; do not combine them with "
                      "--resume, --retry-failed, --status or --cancel")
+    if existing:
+        for option in NEW_RUN_ONLY:
+            if getattr(args, option.lstrip("-").replace("-", "_")):
+                parser.error(f"{option} only applies to a new run (--start/--end); leave it "
+                             "out with --resume, --retry-failed, --status or --cancel")
     if not existing and not (args.start and args.end):
         parser.error("--start and --end are required (or --resume/--retry-failed/--status/"
                      "--cancel)")

@@ -206,11 +206,16 @@ def existing(args: argparse.Namespace, settings: Settings) -> int:
     action = ("resume" if args.resume else "retry_failed" if args.retry_failed
               else "cancel" if args.cancel else "status")
     if action == "cancel":
-        state = _ask(app, client, "status", run_id)
+        # The aggregator stops the run, unless it has finished: it alone knows, and it cannot
+        # finish the run between looking and stopping it.
+        state = _ask(app, client, "cancel", run_id)
         if state.get("state") == "unknown":
             raise UsageError(f"unknown run id {run_id!r}: the aggregator's ledger has no such run")
-        status.stop_run(client, run_id, "cancelled by the operator (python -m producer "
-                        f"--cancel {run_id}); resume with --resume {run_id}")
+        if state.get("state") == "finished":
+            verdict = state.get("summary", {}).get("verdict", "unknown")
+            print(f"run {run_id}: already finished ({verdict.replace('_', ' ').upper()}); "
+                  "nothing to cancel")
+            return VERDICT_EXIT.get(verdict, 1)
         print(f"run {run_id}: cancelled; workers skip its remaining windows (a query already "
               "running finishes). Resume with: python -m producer --resume " + run_id)
         return EXIT_OK
@@ -225,6 +230,8 @@ def existing(args: argparse.Namespace, settings: Settings) -> int:
         progress.print_status(run_id, state, sys.stdout)
         if state.get("state") == "finished":
             return VERDICT_EXIT.get(state.get("summary", {}).get("verdict"), 1)
+        if state.get("state") == "stopped":
+            return EXIT_CONFIG  # what --wait gives for a stopped run
         return EXIT_OK
     print(f"run {run_id}: {action.replace('_', ' ')} sent; {state.get('windows_open', 0)} "
           "windows open", flush=True)

@@ -71,6 +71,8 @@ CASES = [
      "unrecognized arguments: --all-studys (see --help)"),
     ("--resume with --start", ["--resume", "X", "--start", "2024-01-01"], {}, 2,
      "do not combine them with --resume"),
+    ("--resume with --output", ["--resume", "X", "--wait", "--output", "/tmp/x.csv"], {}, 2,
+     "--output only applies to a new run (--start/--end); leave it out with --resume"),
 ]
 
 

@@ -41,7 +41,8 @@ def test_worker_configured_for_another_pacs_stops_the_run(pacs, make_cluster, tm
     assert not (tmp_path / "out" / "dicom_query_results.csv").exists()
 
 
-def test_cancel_then_resume(pacs, make_cluster, tmp_path: Path) -> None:
+def test_cancel_then_resume(pacs, make_cluster, redis_server: RedisServer,
+                            tmp_path: Path) -> None:
     cluster = make_cluster(pacs)
     cluster.aggregator()
     started = cluster.producer(*DAY)
@@ -52,10 +53,20 @@ def test_cancel_then_resume(pacs, make_cluster, tmp_path: Path) -> None:
     cluster.worker(concurrency=2)  # every queued window of the run stands down
     status = cluster.producer("--status", run_id)
     assert "stopped" in status.stdout and "cancelled by the operator" in status.stdout
+    assert status.returncode == 5, status.stdout + status.stderr  # as --wait says
     assert not (tmp_path / "out" / "dicom_query_results.csv").exists()
     resumed = cluster.producer("--resume", run_id, "--wait", timeout=180)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert read_csv(tmp_path / "out" / "dicom_query_results.csv") == expected_rows(STUDIES)
+    # A finished run is not cancelled: it says so, and its state stays finished.
+    late = cluster.producer("--cancel", run_id)
+    assert late.returncode == 0, late.stdout + late.stderr
+    assert late.stdout == f"run {run_id}: already finished (COMPLETE); nothing to cancel\n"
+    mirror = redis_server.client()
+    assert mirror.hget(f"discovery:run:{run_id}", "state") == b"finished"
+    assert mirror.get(f"discovery:stop:{run_id}") is None
+    shown = cluster.producer("--status", run_id)
+    assert shown.returncode == 0 and f"run {run_id}: COMPLETE" in shown.stdout, shown.stdout
 
 
 def test_pacs_that_associates_but_refuses_queries(make_cluster, tmp_path: Path) -> None:

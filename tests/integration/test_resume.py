@@ -53,3 +53,27 @@ def test_a_resume_with_fixed_settings_is_what_the_report_names(
                                                "error": None}, final=True)
     report = json.loads((tmp_path / "out.coverage.json").read_text())
     assert report["parameters"]["pacs"] == "ORTHANC@127.0.0.1:104"
+
+
+def test_cancel_stops_a_running_run_and_not_a_finished_one(
+        redis_server: RedisServer, broker_url: str, tmp_path: Path) -> None:
+    """The aggregator decides: a cancel of a finished run changes nothing (its mirror said
+    ``stopped`` when the producer stopped it unasked)."""
+    client = redis_server.client()
+    agg = Aggregator(Ledger(tmp_path / "ledger.sqlite3"), client, lambda run_id, keys: None)
+    agg.register(RUN, {**PARAMS, "output": str(tmp_path / "out.csv")})
+    agg.record(RUN, "20240101/000000-010000", {**FAILED, "state": "complete", "status": 0,
+                                               "error": None}, final=True)
+    assert status.read(client, RUN)["state"] == "finished"
+    agg.control("cancel", RUN, "nonce-1")
+    mirror = status.read(client, RUN)
+    assert (mirror["state"], mirror["ack"], mirror["summary"]["verdict"]) == (
+        "finished", "nonce-1", "complete")
+    assert status.stopped(client, RUN) is None
+
+    agg.register("run-2", {**PARAMS, "output": str(tmp_path / "out2.csv")})
+    agg.control("cancel", "run-2", "nonce-2")
+    mirror = status.read(client, "run-2")
+    assert (mirror["state"], mirror["ack"]) == ("stopped", "nonce-2")
+    assert "cancelled by the operator" in mirror["message"]
+    assert status.stopped(client, "run-2") == mirror["message"]

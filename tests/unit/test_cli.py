@@ -53,6 +53,12 @@ def usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     (["--status", "R1", "--timeout", "5"], "--timeout limits --wait"),
     (["--cancel", "R1", "--start", "2024-01-01"], "--status or --cancel"),
     (["--start", "2024-01-01"], "(or --resume/--retry-failed/--status/--cancel)"),
+    (["--resume", "R1", "--wait", "--output", "/tmp/x.csv"],
+     "--output only applies to a new run (--start/--end); leave it out with --resume, "
+     "--retry-failed, --status or --cancel"),
+    (["--retry-failed", "R1", "--all-studies"], "--all-studies only applies to a new run"),
+    (["--status", "R1", "--excel-safe"], "--excel-safe only applies to a new run"),
+    (["--cancel", "R1", "--skip-preflight"], "--skip-preflight only applies to a new run"),
 ])
 def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], words: str) -> None:
     assert words in usage_error(capsys, argv)
@@ -99,3 +105,4 @@ def test_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "exit codes: 0 complete; 2 bad input or settings; 3 incomplete" in out
+
