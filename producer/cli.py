@@ -135,14 +135,24 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_UNREACHABLE, str(exc))
     except UsageError as exc:
         return _fail(EXIT_USAGE, str(exc))
-    except KeyboardInterrupt:
+    except Interrupted as exc:
         return _fail(EXIT_ERROR, "interrupted; the run goes on in the workers "
-                     "(python -m producer --status RUN_ID)")
+                     f"(python -m producer --status {exc.run_id})")
+    except KeyboardInterrupt:
+        return _fail(EXIT_ERROR, "interrupted")
     return EXIT_ERROR  # pragma: no cover - parser.error exits
 
 
 class UsageError(Exception):
     """Bad input discovered after parsing (an unwritable path, an unknown run id)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C while waiting for a run: the run goes on, and its id is known."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
 
 
 def _fail(code: int, message: str) -> int:

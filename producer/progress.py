@@ -6,6 +6,11 @@ import time
 from typing import TextIO
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 day sweep``, ``2 day sweeps``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _eta(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

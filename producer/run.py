@@ -27,10 +27,14 @@ from producer.cli import (
     EXIT_RUNNING,
     EXIT_USAGE,
     VERDICT_EXIT,
+    Interrupted,
     UsageError,
     describe,
     new_run_id,
 )
+
+#: How README starts the aggregator; messages that ask for it say the same.
+AGGREGATOR_COMMAND = "celery -A worker worker -Q results -c 1 -n aggregator@%h"
 
 
 def broker(settings: Settings) -> redis.Redis:
@@ -137,8 +141,8 @@ def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: 
     # After enqueueing: the check waits a second for replies, while the workers start already.
     _warn_without_consumers(app, QUERIES, RESULTS)
     sweeps = sum(1 for w in windows if w.is_sweep)
-    print(f"run {run_id}: {len(windows) - sweeps} windows and {sweeps} day sweeps enqueued "
-          f"({describe(settings)})", flush=True)
+    print(f"run {run_id}: {progress.plural(len(windows) - sweeps, 'window')} and "
+          f"{progress.plural(sweeps, 'day sweep')} enqueued ({describe(settings)})", flush=True)
     if not args.wait:
         print(f"follow it with: python -m producer --status {run_id}")
         return EXIT_OK
@@ -148,6 +152,13 @@ def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: 
 def wait(app, client: redis.Redis, run_id: str, params: dict | None, timeout: float) -> int:  # type: ignore[no-untyped-def]
     """Poll the run's mirror until it is finished or stopped; re-send the registration if the
     aggregator seems not to know the run (e.g. after a Redis flush)."""
+    try:
+        return _wait(app, client, run_id, params, timeout)
+    except KeyboardInterrupt:
+        raise Interrupted(run_id) from None
+
+
+def _wait(app, client: redis.Redis, run_id: str, params: dict | None, timeout: float) -> int:  # type: ignore[no-untyped-def]
     bar = progress.Bar(sys.stderr)
     deadline = time.monotonic() + timeout if timeout else None
     last_seen = time.monotonic()
@@ -195,7 +206,7 @@ def _ask(app, client: redis.Redis, action: str, run_id: str, wait_s: float = 30)
             return state
         time.sleep(0.2)
     raise TransientError(f"the aggregator did not answer within {wait_s:g} s: is "
-                         "`celery -A worker worker -Q results -c 1` running?")
+                         f"`{AGGREGATOR_COMMAND}` running?")
 
 
 def existing(args: argparse.Namespace, settings: Settings) -> int:
@@ -233,8 +244,8 @@ def existing(args: argparse.Namespace, settings: Settings) -> int:
         if state.get("state") == "stopped":
             return EXIT_CONFIG  # what --wait gives for a stopped run
         return EXIT_OK
-    print(f"run {run_id}: {action.replace('_', ' ')} sent; {state.get('windows_open', 0)} "
-          "windows open", flush=True)
+    print(f"run {run_id}: {action.replace('_', ' ')} sent; "
+          f"{progress.plural(state.get('windows_open', 0), 'window')} open", flush=True)
     if args.wait:
         return wait(app, client, run_id, None, args.timeout)
     return EXIT_OK
@@ -252,7 +263,7 @@ def _warn_without_consumers(app, *queues: str) -> None:  # type: ignore[no-untyp
     consumed = {q["name"] for qs in active.values() for q in qs}
     for q in queues:
         if q not in consumed:
-            cmd = "celery -A worker worker -Q results -c 1 -n aggregator@%h" if q == "results" \
+            cmd = AGGREGATOR_COMMAND if q == "results" \
                 else "celery -A worker worker -Q queries -n queries@%h"
             print(f"pacs-discovery: warning: no worker consumes queue {q!r} yet; start `{cmd}`",
                   file=sys.stderr)

@@ -4,16 +4,19 @@ not query, and Flower started without credentials."""
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from demo.cluster import ROOT, RedisServer
-from demo.servers import OrthancServer
+from demo.servers import OrthancServer, free_port
 from demo.studies import generate_studies
 from tests.expect import expected_rows, read_csv
 
@@ -67,6 +70,26 @@ def test_cancel_then_resume(pacs, make_cluster, redis_server: RedisServer,
     assert mirror.get(f"discovery:stop:{run_id}") is None
     shown = cluster.producer("--status", run_id)
     assert shown.returncode == 0 and f"run {run_id}: COMPLETE" in shown.stdout, shown.stdout
+
+
+def test_ctrl_c_while_waiting_names_the_run(make_cluster, tmp_path: Path) -> None:
+    """Ctrl-C during --wait: the message names the run to follow, not a placeholder. A
+    one-day run enqueues "1 day sweep" (not "1 day sweeps"). Nothing consumes the queues."""
+    nowhere = SimpleNamespace(host="127.0.0.1", port=free_port(), aet="NOWHERE")
+    cluster = make_cluster(nowhere)
+    waiting = cluster.producer_async(*DAY, "--skip-preflight", "--wait")
+    deadline = time.monotonic() + 60
+    while " enqueued (" not in waiting.log() and time.monotonic() < deadline:
+        assert waiting.alive(), waiting.log()
+        time.sleep(0.2)
+    match = re.search(r"^run (\S+): 24 windows and 1 day sweep enqueued \(", waiting.log(),
+                      re.MULTILINE)
+    assert match, waiting.log()
+    waiting.signal(signal.SIGINT)
+    assert waiting.proc is not None and waiting.proc.wait(30) == 1
+    assert waiting.log().splitlines()[-1] == (
+        "pacs-discovery: interrupted; the run goes on in the workers "
+        f"(python -m producer --status {match.group(1)})")
 
 
 def test_pacs_that_associates_but_refuses_queries(make_cluster, tmp_path: Path) -> None:

@@ -106,3 +106,31 @@ def test_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "exit codes: 0 complete; 2 bad input or settings; 3 incomplete" in out
 
+
+def test_plural() -> None:
+    """"1 day sweeps" was printed for a one-day run."""
+    from producer.progress import plural
+
+    assert [plural(n, "day sweep") for n in (0, 1, 2)] == ["0 day sweeps", "1 day sweep",
+                                                          "2 day sweeps"]
+
+
+def test_aggregator_hint_names_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The message when the aggregator does not answer starts it as README does."""
+    from discovery.errors import TransientError
+    from producer import run
+
+    class App:
+        def send_task(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    class Client:
+        def hgetall(self, key: str) -> dict:
+            return {}
+
+    with pytest.raises(TransientError) as info:
+        run._ask(App(), Client(), "status", "R1", wait_s=0.01)  # type: ignore[arg-type]
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    command = "celery -A worker worker -Q results -c 1 -n aggregator@%h"
+    assert f"`{command}` running?" in str(info.value)
+    assert command in readme
