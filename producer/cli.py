@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if not existing and not (args.start and args.end):
         parser.error("--start and --end are required (or --resume/--retry-failed/--status/"
                      "--cancel)")
+    if args.wait and (args.status or args.cancel):
+        parser.error("--wait follows a new, resumed or retried run; --status and --cancel "
+                     "answer at once: leave --wait out")
     if args.timeout and not args.wait:
         parser.error("--timeout limits --wait: add --wait, or leave --timeout out")
     try:

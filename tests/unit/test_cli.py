@@ -59,6 +59,8 @@ def usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     (["--retry-failed", "R1", "--all-studies"], "--all-studies only applies to a new run"),
     (["--status", "R1", "--excel-safe"], "--excel-safe only applies to a new run"),
     (["--cancel", "R1", "--skip-preflight"], "--skip-preflight only applies to a new run"),
+    (["--status", "R1", "--wait"], "--status and --cancel answer at once: leave --wait out"),
+    (["--cancel", "R1", "--wait"], "leave --wait out"),
 ])
 def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], words: str) -> None:
     assert words in usage_error(capsys, argv)
