@@ -59,7 +59,21 @@ def broker(settings: Settings) -> redis.Redis:
                              f"({type(exc).__name__}): start Redis or fix DISCOVERY_BROKER_URL"
                              ) from None
     _check_eviction(client, settings)
+    try:
+        version = str(client.info("server").get("redis_version", ""))
+    except redis.RedisError:  # INFO disabled (managed Redis): the scripts will say so
+        version = ""
+    if too_old(version):
+        raise PermanentError(f"the broker {mask_url(settings.broker_url)} runs Redis {version}: "
+                             "pacs-discovery needs Redis 5 or newer (its association slots are "
+                             "Lua scripts that read the server's clock)")
     return client
+
+
+def too_old(redis_version: str) -> bool:
+    """Whether a Redis version (``INFO server``'s ``redis_version``) is older than 5."""
+    major = redis_version.split(".", 1)[0]
+    return major.isdigit() and int(major) < 5
 
 
 def _check_eviction(client: redis.Redis, settings: Settings) -> None:

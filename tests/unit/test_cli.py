@@ -136,3 +136,13 @@ def test_aggregator_hint_names_the_node(monkeypatch: pytest.MonkeyPatch) -> None
     command = "celery -A worker worker -Q results -c 1 -n aggregator@%h"
     assert f"`{command}` running?" in str(info.value)
     assert command in readme
+
+
+@pytest.mark.parametrize(("version", "old"), [
+    ("4.0.14", True), ("3.2.12", True), ("5.0.0", False), ("7.0.15", False), ("", False),
+    ("255.255.255", False),
+])
+def test_redis_too_old(version: str, old: bool) -> None:
+    from producer.run import too_old
+
+    assert too_old(version) is old
