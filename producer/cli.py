@@ -38,15 +38,17 @@ Settings come from DISCOVERY_* environment variables or .env (see .env.example).
 EPILOG = """\
 exit codes: 0 complete; 2 bad input or settings; 3 incomplete (see the coverage report);
 4 the PACS does not return Study Description; 5 a setting must change (AE title, C-FIND not
-allowed) or the run is stopped (--cancel); 6 broker or PACS unreachable; 7 --timeout gave up,
-the run goes on; 1 unexpected error. --status and --cancel of a finished run exit with its
-verdict, --status of a stopped run with 5.
+allowed, TLS, the broker's password or version) or the run is stopped (--cancel); 6 broker or
+PACS unreachable; 7 --timeout gave up, the run goes on; 1 unexpected error. --status and
+--cancel of a finished run exit with its verdict, --status of a stopped run with 5.
 
 examples:
   python -m producer --start 2024-01-01 --end 2024-01-31 --wait
   python -m producer --start 2024-01-01T08:00 --end 2024-01-01T12:00 --all-studies --wait
   python -m producer --status RUN_ID
-  python -m producer --resume RUN_ID --wait"""
+  python -m producer --resume RUN_ID --wait
+  python -m producer --retry-failed RUN_ID --wait
+  python -m producer --cancel RUN_ID"""
 
 
 class Parser(argparse.ArgumentParser):
