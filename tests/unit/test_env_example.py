@@ -1,4 +1,5 @@
-"""`.env.example` documents every setting with its true default (and nothing else)."""
+"""`.env.example` documents every setting with its true default (and nothing else); README
+names every setting."""
 
 from __future__ import annotations
 
@@ -34,3 +35,10 @@ def test_every_setting_documented_with_its_default() -> None:
     assert set(documented) == set(fields)
     for key, default in fields.items():
         assert documented[key] == _shown(default), key
+
+
+def test_readme_names_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [ENV_PREFIX + name.upper() for name in Settings.model_fields
+               if f"`{ENV_PREFIX}{name.upper()}`" not in readme]
+    assert missing == []
