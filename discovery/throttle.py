@@ -20,9 +20,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from functools import lru_cache
 from types import TracebackType
 
 import redis
+from redis.commands.core import Script
 
 from discovery.errors import TransientError
 
@@ -137,6 +139,12 @@ return tostring(slot - clock)
 """
 
 
+@lru_cache(maxsize=64)
+def _script(client: redis.Redis, source: str) -> Script:
+    """A Lua script registered once per client (a query must not hash its source again)."""
+    return client.register_script(source)
+
+
 def pacs_key(kind: str, host: str, port: int, aet: str) -> str:
     return f"discovery:{kind}:{aet}@{host}:{port}"
 
@@ -154,7 +162,7 @@ def leaving_key(key: str) -> str:
 
 def long_waiters(client: redis.Redis, key: str, longer_than: float) -> int:
     """How many live workers have waited longer than ``longer_than`` seconds for a slot."""
-    return int(client.register_script(_LONG_WAITERS)(
+    return int(_script(client, _LONG_WAITERS)(
         keys=list(waiting_keys(key)), args=[longer_than, WAITER_STALE]))
 
 
@@ -180,10 +188,10 @@ class AssociationLease:
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._should_leave = client.register_script(_SHOULD_LEAVE)
+        self._acquire = _script(client, _ACQUIRE)
+        self._renew = _script(client, _RENEW)
+        self._release = _script(client, _RELEASE)
+        self._should_leave = _script(client, _SHOULD_LEAVE)
 
     def __enter__(self) -> AssociationLease:
         """Take a slot, first come first served: wait in the queue until every worker that
@@ -252,8 +260,7 @@ def pace(client: redis.Redis, key: str, per_second: float) -> float:
     """Sleep until this worker's turn for one more query; returns the seconds slept."""
     if per_second <= 0:
         return 0.0
-    script = client.register_script(_PACE)
-    wait = float(script(keys=[key], args=[1.0 / per_second]))
+    wait = float(_script(client, _PACE)(keys=[key], args=[1.0 / per_second]))
     if wait > 0:
         time.sleep(wait)
     return wait

@@ -87,7 +87,7 @@ class Session:
                 raise
             self.last_used = time.monotonic()
             if (not self.is_open or self.settings.association_idle_seconds <= 0
-                    or self._others_wait()):
+                    or self._should_hand_over()):
                 self.close()
             else:
                 self._start_closer()
@@ -110,7 +110,7 @@ class Session:
         self.conn, self.lease = conn, lease
         return conn
 
-    def _others_wait(self) -> bool:
+    def _should_hand_over(self) -> bool:
         """Whether to hand this association's slot over now: a worker has waited for a slot
         longer than ``YIELD_AFTER`` and no other holder is handing one over to it already, or
         more slots are held than the limit (Redis lost leases). Decided in Redis, atomically
@@ -147,7 +147,7 @@ class Session:
                 if self.conn is None:
                     return
                 left = self.last_used + idle - time.monotonic()
-                if left <= 0 or self._others_wait():
+                if left <= 0 or self._should_hand_over():
                     self.close()
                     return
             self._wake.wait(min(left, WAITERS_CHECK))
