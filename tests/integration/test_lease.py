@@ -167,3 +167,25 @@ def test_a_worker_clock_far_ahead_does_not_expire_other_leases(
         monkeypatch.setattr(time, "time", lambda: ahead)
         with pytest.raises(TransientError):
             AssociationLease(client, KEY, 1, ttl=30, wait=0).__enter__()
+
+
+def test_pace_spaces_queries_across_callers(redis_server: RedisServer, broker_url: str) -> None:
+    """DISCOVERY_PACS_MAX_QUERIES_PER_SECOND: each query reserves the next slot on the Redis
+    clock, so three callers at once at 10 per second are let through 0.1 s apart."""
+    from discovery.throttle import pace
+
+    client = redis_server.client()
+    released: list[float] = []
+
+    def query() -> None:
+        asked = time.monotonic()
+        released.append(asked + pace(client, "pace-test", 10))
+
+    callers = [threading.Thread(target=query) for _ in range(3)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join()
+    first, second, third = sorted(released)
+    # 0.1 s apart, give or take the jitter of one Redis round trip
+    assert 0.08 < second - first < 0.12 and 0.08 < third - second < 0.12, released
