@@ -21,6 +21,7 @@ from celery import Celery, signals
 
 from discovery import logs
 from discovery.settings import SettingsError, get_settings
+from worker import broker
 
 QUERIES = "queries"
 RESULTS = "results"
@@ -75,6 +76,7 @@ def pool_given(argv: list[str]) -> bool:
 
 
 _guard_flower(sys.argv)
+broker.install()  # before the app's first connection: one redis-py client per channel
 app = Celery("pacs_discovery", broker=settings.broker_url, include=["worker.tasks"])
 app.conf.update(
     task_serializer="json",
