@@ -122,6 +122,7 @@ def preflight(settings: Settings, probe: Window) -> None:
 def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: datetime,
             output: Path) -> int:
     from worker.app import QUERIES, RESULTS, app
+    from worker.tasks import dispatch
 
     client = broker(settings)
     params = {
@@ -148,10 +149,7 @@ def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: 
     run_id = new_run_id()
     status.publish(client, run_id, {"state": "queued", "target": status.target(settings)})
     app.send_task("discovery.register_run", (run_id, params), queue=RESULTS)
-    with app.producer_or_acquire() as producer:
-        for w in windows:
-            app.send_task("discovery.query_window", (run_id, w.key), queue=QUERIES,
-                          producer=producer)
+    dispatch(run_id, [w.key for w in windows])
     # After enqueueing: the check waits a second for replies, while the workers start already.
     _warn_without_consumers(app, QUERIES, RESULTS)
     sweeps = sum(1 for w in windows if w.is_sweep)

@@ -35,9 +35,14 @@ def redis_client() -> redis.Redis:
                                 health_check_interval=30, **settings.broker_ssl())
 
 
+#: Query tasks sent to Redis in one pipeline (the first go out before the rest are built).
+DISPATCH_BATCH = 100
+
+
 def dispatch(run_id: str, keys: list[str]) -> None:
-    """Send one query task per window key, over one broker connection."""
-    with app.producer_or_acquire() as producer:
+    """Send one query task per window key, over one broker connection, in pipelines of
+    ``DISPATCH_BATCH`` (a transport without batches sends each at once)."""
+    with app.producer_or_acquire() as producer, producer.batch(max_size=DISPATCH_BATCH):
         for key in keys:
             query_window.apply_async((run_id, key), queue=QUERIES, producer=producer)
 
