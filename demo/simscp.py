@@ -65,6 +65,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
@@ -149,6 +150,11 @@ class SimScp:
     def start(self, port: int = 0, host: str = "127.0.0.1") -> int:
         """Listen on ``host:port`` (0 = any free port) and return the port."""
         _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
+        # Like discovery.dimse: no DEBUG-only handlers per PDU and message, no checks of each
+        # value set on a response (it builds valid ones, or malformed ones on purpose).
+        _config.LOG_HANDLER_LEVEL = "none"
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+        pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
         reactor.install()  # its DUL threads wait instead of polling: less CPU taken from us
         ae = AE(ae_title=self.aet)
         ae.maximum_associations = 100_000  # our own admission control applies the limit

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydicom import Dataset
+from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
@@ -35,6 +36,13 @@ log = logging.getLogger(__name__)
 # set). Neither is wanted.
 _config.LOG_RESPONSE_IDENTIFIERS = False
 _config.LOG_REQUEST_IDENTIFIERS = False
+# Nor its DEBUG-only logging handlers for every PDU and DIMSE message, bound to each
+# association and run (their messages built) whatever the log level; nor pydicom's checks of
+# each value pynetdicom sets on a command set. Together about a seventh of a C-FIND's CPU
+# (docs/benchmarks.md). Character set trouble still warns (discovery/studies.py needs that).
+_config.LOG_HANDLER_LEVEL = "none"
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 # pynetdicom's association threads wait instead of polling every millisecond, and the
 # requestor's reactor no longer takes (and drops) C-FIND responses under load (reactor.py).
 # Without it a query can end Success one study short: no run without it.
