@@ -17,8 +17,11 @@ also runs other workers, that is CPU taken from them.
   between its checks (peer release or abort, the DUL's end, the network timeout), counts as
   paused while it naps, so a ``send_c_find()`` or ``release()`` never waits for it, and never
   takes a DIMSE message off the queue: pynetdicom's does, and under load that loses C-FIND
-  responses (:func:`_requestor_reactor`). An acceptor's reactor (it serves requests) keeps
-  pynetdicom's own loop.
+  responses (:func:`_requestor_reactor`);
+* an acceptor's reactor (it serves requests: the simulated PACS) keeps pynetdicom's own loop,
+  but its millisecond sleep between rounds waits instead until its DUL thread has done
+  something (the DUL rings it each time it has nothing left to do: a request, a release or an
+  abort is then on the queues the loop looks at), at most :data:`ACCEPTOR_IDLE_WAIT` seconds.
 
 Everything else is pynetdicom's own code. Only the versions it was written against (3.0.x)
 are changed: with another pynetdicom :func:`install` changes nothing and returns False, and
@@ -32,6 +35,7 @@ import queue
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 from typing import Any
@@ -47,6 +51,8 @@ log = logging.getLogger(__name__)
 DUL_IDLE_WAIT = 0.05
 #: Sleep of a requestor's reactor between its checks, marked paused meanwhile.
 REQUESTOR_NAP = 0.02
+#: Longest wait of an acceptor's reactor between its rounds without news from its DUL.
+ACCEPTOR_IDLE_WAIT = 0.05
 SUPPORTED = ("3.0.",)
 
 _lock = threading.Lock()
@@ -125,7 +131,33 @@ class _DulTime:
         me = threading.current_thread()
         if (isinstance(me, _dul.DULServiceProvider) and hasattr(me, "_discovery_bell")
                 and not me._kill_thread):
+            _ring_acceptor(me)  # whatever it put on the queues, the acceptor sees it now
             _nap(me)
+        else:
+            time.sleep(seconds)
+
+
+def _ring_acceptor(dul: Any) -> None:
+    news: threading.Event | None = getattr(dul.assoc, "_discovery_news", None)
+    if news is not None:
+        news.set()
+
+
+class _AssociationTime:
+    """``time`` as pynetdicom.association sees it: only the acceptor loop's sleep between
+    rounds (recognised by its caller's code) waits for news from the DUL."""
+
+    loop_code: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        news: threading.Event | None = getattr(threading.current_thread(), "_discovery_news",
+                                               None)
+        if news is not None and sys._getframe(1).f_code is self.loop_code:
+            news.wait(ACCEPTOR_IDLE_WAIT)
+            news.clear()  # before the round's checks: news during them rings again
         else:
             time.sleep(seconds)
 
@@ -208,6 +240,7 @@ def install() -> bool:
                 stock_run(self)
             finally:
                 self._discovery_bell.close()
+                _ring_acceptor(self)  # the DUL has ended: the acceptor's loop notices now
 
         def kill_dul(self: Any) -> None:
             self._kill_thread = True
@@ -229,6 +262,8 @@ def install() -> bool:
             if self.is_requestor:
                 _requestor_reactor(self)
             else:
+                self._discovery_news = threading.Event()
+                self._discovery_news.set()  # the first round looks at once
                 stock_loop(self)  # an acceptor serves requests: pynetdicom's own loop
 
         assoc_cls._run_reactor = _run_reactor  # type: ignore[method-assign]
@@ -237,5 +272,8 @@ def install() -> bool:
         dul_cls.kill_dul = kill_dul  # type: ignore[method-assign]
         dul_cls.stop_dul = stop_dul  # type: ignore[method-assign]
         _dul.time = _DulTime()  # type: ignore[assignment]
+        assoc_time = _AssociationTime()
+        assoc_time.loop_code = stock_loop.__code__
+        _association.time = assoc_time  # type: ignore[assignment]
         _installed = True
         return True
