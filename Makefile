@@ -10,10 +10,14 @@ APT_PACKAGES := orthanc dcmtk redis-server docker-compose
 
 .PHONY: install system-deps demo test unit integration faults lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# The runtime dependencies at the versions requirements.lock pins (the image's), so tests run
+# what the image ships and a new release on PyPI cannot change a run (the lock's hashes are
+# for the image's platforms: here the pins alone, as constraints).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	grep -E '^[A-Za-z0-9]' requirements.lock | sed 's/ .*//' > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet -e ".[dev]" -c $(VENV)/constraints.txt
 	touch $@
 
 install: system-deps $(VENV)/.installed
