@@ -5,6 +5,9 @@ the Celery prefork pool and with the threads pool. The limit a PACS allows is
 
 The day sweep is off here (``DISCOVERY_DAY_SWEEP=false``): the limit counts hourly windows only,
 as the issue defines it. Benchmark A runs with the day sweep on.
+
+``BENCH_B_ASSOCIATIONS=8`` and ``BENCH_B_POOLS=prefork`` (comma-separated) run only those rows:
+a quick look at one change.
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ from pathlib import Path
 from bench.common import PY, Scale, Table, csv_uids, discovery_env, plain_env, run_discovery
 from demo.cluster import ROOT, RedisServer
 from demo.simscp import generate_studies
+from discovery.dimse import study_query
+from discovery.windows import Window
 
 DELAY_MS = 50
 PER_HOUR = 5
 START = date(2024, 1, 1)
 POOLS = ("prefork", "threads")
+#: The keys pacs-discovery asks: the simulated PACS builds its answers to them before the run.
+PREPARE_KEYS = [e.keyword for e in study_query(Window(START, 0, 3600))]
 
 
 class SimPacs:
@@ -45,6 +52,8 @@ class SimPacs:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "config.json"
         cfg.write_text(json.dumps(self.config))
+        # An earlier run's stats (--workdir kept) name a port nobody listens on any more.
+        self.stats_path.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [PY, "-m", "demo.simscp", "--port", "0", "--aet", self.aet, "--config", str(cfg),
              "--stats", str(self.stats_path)],
@@ -75,14 +84,18 @@ def run(scale: Scale, workdir: Path) -> Table:
         f"B. Against the PACS limit: simulated PACS, {DELAY_MS} ms per C-FIND, {scale.b_days} "
         f"days = {windows} hourly windows, {len(expected)} studies",
         ["associations", "pool", "wall s", "limit s", "wall / limit", "CPU s ours",
-         "CPU s PACS", "CPU floor s", "PACS saw: max concurrent", "associations", "C-FINDs",
+         "CPU s PACS", "CPU floor s", "CPU ms/window: worker, aggr, redis, producer",
+         "PACS saw: max concurrent", "associations", "C-FINDs",
          "same studies"],
     )
+    counts = [int(n) for n in os.environ.get("BENCH_B_ASSOCIATIONS", "").split(",") if n]
+    pools = [p for p in os.environ.get("BENCH_B_POOLS", "").split(",") if p] or POOLS
     with RedisServer(workdir / "redis") as redis:
-        for n in scale.b_associations:
-            for pool in POOLS:
+        for n in counts or scale.b_associations:
+            for pool in pools:
                 wd = workdir / f"{pool}-{n}"
-                config = {"generate": generate, "delay_ms": DELAY_MS, "record_queries": False}
+                config = {"generate": generate, "delay_ms": DELAY_MS, "record_queries": False,
+                          "prepare_keys": PREPARE_KEYS}
                 with SimPacs(wd / "pacs", config) as pacs:
                     env = discovery_env(redis, pacs.host, pacs.port, pacs.aet, wd,
                                         DISCOVERY_PACS_MAX_ASSOCIATIONS=str(n),
@@ -97,6 +110,8 @@ def run(scale: Scale, workdir: Path) -> Table:
                 table.add(n, pool, f"{done.seconds:.2f}", f"{limit:.2f}",
                           f"{done.seconds / limit:.2f}", f"{done.cpu['ours']:.1f}",
                           f"{done.cpu['others']:.1f}", f"{floor:.2f}",
+                          ", ".join(f"{done.cpu[p] * 1000 / windows:.1f}"
+                                    for p in ("worker", "aggregator", "redis", "producer")),
                           stats["max_concurrent_associations"],
                           stats["total_associations"], stats["total_queries"],
                           "yes" if uids == expected else f"NO ({len(uids)} found)")

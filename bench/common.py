@@ -71,7 +71,8 @@ class Discovered:
     returncode: int
     output: str
     #: CPU seconds used while the producer ran: ``ours`` = workers and their pool processes,
-    #: the aggregator, the producer and Redis; ``others`` = the ``watch`` processes (the PACS).
+    #: the aggregator, the producer and Redis; ``others`` = the ``watch`` processes (the PACS);
+    #: and ours by part: ``worker``, ``aggregator``, ``producer``, ``redis``.
     cpu: dict[str, float] = field(default_factory=dict)
 
 
@@ -117,8 +118,11 @@ def run_discovery(redis: RedisServer, workdir: Path, env: Mapping[str, str], sta
         cluster.worker(concurrency=concurrency, pool=pool)
         cluster.aggregator()
         cluster.wait_ready(120)
-        ours = [p.pid for p in cluster.processes] + ([redis.proc.pid] if redis.proc else [])
-        cpu0, others0 = tree_cpu(ours), tree_cpu(watch)
+        parts = {"worker": [p.pid for p in cluster.processes if p.name == "worker"],
+                 "aggregator": [p.pid for p in cluster.processes if p.name == "aggregator"],
+                 "redis": [redis.proc.pid] if redis.proc else []}
+        before = {part: tree_cpu(pids) for part, pids in parts.items()}
+        others0 = tree_cpu(watch)
         producer0 = os.times()
         started = time.time()
         done = cluster.producer("--start", start, "--end", end, "--wait", "--output", str(out),
@@ -128,8 +132,10 @@ def run_discovery(redis: RedisServer, workdir: Path, env: Mapping[str, str], sta
         seconds = (out.stat().st_mtime if out.exists() else time.time()) - started
         producer_cpu = (producer1.children_user + producer1.children_system
                         - producer0.children_user - producer0.children_system)
-        cpu = {"ours": _used(cpu0, tree_cpu(ours)) + producer_cpu,
-               "others": _used(others0, tree_cpu(watch))}
+        cpu = {part: _used(before[part], tree_cpu(pids)) for part, pids in parts.items()}
+        cpu["producer"] = producer_cpu
+        cpu["ours"] = sum(cpu.values())
+        cpu["others"] = _used(others0, tree_cpu(watch))
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"pacs-discovery failed ({done.returncode}):\n{done.stdout}\n"
                                f"{done.stderr}\n{cluster.logs()[-4000:]}")
