@@ -196,8 +196,35 @@ def response(ident: Dataset, st: dict[str, Any]) -> Dataset:
     return ds
 
 
-def plan(cfg: dict[str, Any], index: StudyIndex, ident: Dataset) -> tuple[list[Dataset], int]:
-    """The pending identifiers and the final status for one C-FIND (before cancel/abort)."""
+class EncodedAnswer(Dataset):
+    """An answer kept for every query that asks the same keys of its study, with its encoded
+    bytes per transfer syntax (``encoded``), filled by the simulated PACS's encoder."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "encoded", {})
+
+
+def answers(ident: Dataset, matches: list[dict[str, Any]],
+             cache: dict[tuple, EncodedAnswer]) -> list[Dataset]:
+    """``response(ident, st)`` for each match, built once per study and set of requested keys
+    (a benchmark's PACS should spend its CPU on the network, not on building the same answer
+    again): the cached answers are never changed afterwards."""
+    keys = tuple((e.tag, e.VR) for e in ident)
+    rows: list[Dataset] = []
+    for st in matches:
+        key = (id(st), keys)
+        answer = cache.get(key)
+        if answer is None:
+            answer = cache[key] = EncodedAnswer(response(ident, st))
+        rows.append(answer)
+    return rows
+
+
+def plan(cfg: dict[str, Any], index: StudyIndex, ident: Dataset,
+         cache: dict[tuple, EncodedAnswer] | None = None) -> tuple[list[Dataset], int]:
+    """The pending identifiers and the final status for one C-FIND (before cancel/abort).
+    With ``cache`` (and no ``malformed`` rows, which change answers) answers are reused."""
     q = Query.from_identifier(ident)
     matches = index.match(q)
     cap = cfg.get("cap") or {}
@@ -208,8 +235,10 @@ def plan(cfg: dict[str, Any], index: StudyIndex, ident: Dataset) -> tuple[list[D
             return [], int(cap.get("status", 0xA700))
         matches = matches[:limit]
         final = 0xFE00 if mode == "truncate_fe00" else 0x0000
-    rows = [response(ident, st) for st in matches]
     bad = set(cfg.get("malformed") or ())
+    if cache is not None and not bad:
+        return answers(ident, matches, cache), final
+    rows = [response(ident, st) for st in matches]
     if rows and "bad_charset" in bad:
         rows[0].SpecificCharacterSet = UTF8
         for tag, vr, text in ((0x00100020, "LO", b"\xffBAD"), (0x00081030, "LO", b"\xfe\xff?")):

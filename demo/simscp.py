@@ -24,6 +24,12 @@ Config (JSON object, every key optional):
                 needs ``delay_ms`` per query); ``row_delay_ms`` wait before each pending.
 ``record_queries`` ``false``: leave the two query lists out of the stats (benchmarks: the file
                 then stays small however many queries come).
+``prepare_keys`` keywords of the keys a client will ask (e.g. those of
+                ``discovery.dimse.study_query``): every study's answer to them is built and
+                encoded (both little-endian transfer syntaxes) at start, before the port is
+                named, so that a benchmark's PACS spends its CPU on the exchange, not on
+                building answers. Any query reuses answers built for its keys (the first time
+                it asks them otherwise), unless ``malformed`` is set.
 ``cap``         ``{"mode": "none"|"truncate_fe00"|"refuse"|"silent", "limit": N,
                 "status": 0xA700}`` applied when more than N studies match: ``truncate_fe00``
                 sends N pendings then 0xFE00 (Orthanc's LimitFindResults), ``refuse`` no rows
@@ -68,10 +74,13 @@ from typing import Any
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
+from pynetdicom import service_class as _service_class
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from demo.simmatch import (  # noqa: F401 - date_bounds, parse_tm, time_bounds re-exported
+    EncodedAnswer,
     StudyIndex,
+    answers,
     date_bounds,
     generate_studies,
     parse_tm,
@@ -86,6 +95,22 @@ LOGGER = logging.getLogger("demo.simscp")
 CAP_MODES = ("none", "truncate_fe00", "refuse", "silent")
 MALFORMED = ("missing_uid", "wrong_date", "bad_charset", "duplicate", "pending_ff01")
 EXIT_OK = 0
+_stock_encode = _service_class.encode
+
+
+def _encode(ds: Dataset, implicit: bool, little: bool, deflated: bool = False) -> bytes | None:
+    """pynetdicom's encoder of the SCP's answers, once per answer kept for reuse and transfer
+    syntax (:class:`~demo.simmatch.EncodedAnswer`); every other data set as before."""
+    cache = getattr(ds, "encoded", None) if isinstance(ds, EncodedAnswer) else None
+    if cache is None:
+        return _stock_encode(ds, implicit, little, deflated)
+    key = (implicit, little, deflated)
+    raw = cache.get(key)
+    if raw is None:
+        raw = cache[key] = _stock_encode(ds, implicit, little, deflated)
+    return raw
+
+
 class Stats:
     """Counters shared by all associations, mirrored to a JSON file after every change."""
 
@@ -139,6 +164,8 @@ class SimScp:
         if self.cfg.get("generate"):
             studies += generate_studies(**self.cfg["generate"])
         self.index = StudyIndex(studies)
+        self._studies = studies
+        self._answers: dict[tuple, EncodedAnswer] = {}
         self.aet, self.stats_path = aet, stats_path
         self.stats = Stats(None)
         self._stopping = threading.Event()
@@ -146,6 +173,14 @@ class SimScp:
         self._active = 0
         self._seen = 0
         self._server: Any = None
+
+    def _prepare(self, studies: list[dict[str, Any]], keywords: list[str]) -> None:
+        ident = Dataset()
+        for kw in keywords:
+            setattr(ident, kw, "STUDY" if kw == "QueryRetrieveLevel" else "")
+        for row in answers(ident, studies, self._answers):
+            for implicit in (True, False):
+                _encode(row, implicit, True)
 
     def start(self, port: int = 0, host: str = "127.0.0.1") -> int:
         """Listen on ``host:port`` (0 = any free port) and return the port."""
@@ -156,6 +191,9 @@ class SimScp:
         pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
         pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
         reactor.install()  # its DUL threads wait instead of polling: less CPU taken from us
+        _service_class.encode = _encode  # answers kept for reuse are encoded once
+        if self.cfg.get("prepare_keys") and not self._answers:
+            self._prepare(self._studies, self.cfg["prepare_keys"])
         ae = AE(ae_title=self.aet)
         ae.maximum_associations = 100_000  # our own admission control applies the limit
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 60
@@ -255,7 +293,7 @@ class SimScp:
                 time.sleep(0.05)
             return
         try:
-            rows, final = plan(cfg, self.index, ident)
+            rows, final = plan(cfg, self.index, ident, self._answers)
         except ValueError as exc:
             LOGGER.warning("cannot process identifier: %s", exc)
             rows, final = [], 0xC000  # Unable to process
