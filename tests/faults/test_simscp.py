@@ -380,3 +380,21 @@ def test_no_find_context(simscp: Callable[..., Scp]) -> None:
     assoc = associate(scp.port)  # accepted, with no context: pynetdicom then aborts it
     assert not assoc.is_established and assoc.accepted_contexts == []
     assert scp.wait_stats(lambda s: s["current_associations"] == 0)["total_associations"] == 1
+
+
+def test_prepared_and_reused_answers_are_the_answers(simscp: Callable[..., Scp]) -> None:
+    """Answers kept for reuse (prepare_keys, or built at a first query) are byte for byte the
+    ones built for each query, also for a query with other keys and for a repeated one."""
+    from pynetdicom.dsutils import encode
+
+    keys = ["QueryRetrieveLevel", "StudyDate", "StudyTime", "StudyInstanceUID",
+            "StudyDescription", "PatientID"]
+    fresh = simscp({"studies": STUDIES, "malformed": ["pending_ff01"]})  # builds every answer
+    kept = simscp({"studies": STUDIES, "prepare_keys": keys})
+    for ds in (identifier("20240102", "", StudyDescription="", PatientID=""),
+               identifier("20240102", "", AccessionNumber=""),
+               identifier("20240102", "", StudyDescription="", PatientID="")):
+        want, want_final = find(fresh.port, ds)
+        got, final = find(kept.port, ds)
+        assert want_final == final == 0x0000 and len(got) == 5
+        assert [encode(r, True, True) for r in got] == [encode(r, True, True) for r in want]
