@@ -4,23 +4,31 @@
 row (one association for many windows) and always releases, or aborts on error. Failures are
 classified into :class:`~discovery.errors.PermanentError` (fix a setting) and
 :class:`~discovery.errors.TransientError` (try again later); nothing here retries.
+
+pynetdicom runs the association (A-ASSOCIATE, A-RELEASE, A-ABORT, C-ECHO, C-CANCEL, the
+P-DATA transport); the C-FIND's own messages are written and read here, their command sets by
+:mod:`discovery.codec` (:meth:`PacsConnection.find`).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset
 from pydicom import config as pydicom_config
 from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from discovery import reactor
+from discovery import codec, reactor
 from discovery.errors import PermanentError, TransientError
 from discovery.transport import tls_context, why_no_connection
 from discovery.windows import Window
@@ -206,37 +214,84 @@ class PacsConnection:
 
     def find(self, identifier: Dataset, max_rows: int = 0) -> FindResult:
         """C-FIND at STUDY level (PS3.4 C.4.1). Pending 0xFF00/0xFF01 are rows; any final
-        response ends it. With ``max_rows`` we send C-CANCEL once more rows than that came."""
+        response ends it. With ``max_rows`` we send C-CANCEL once more rows than that came.
+
+        The messages go over pynetdicom's association, but their command sets are written and
+        read by :mod:`discovery.codec` (:class:`_Responses`): what pynetdicom's
+        ``send_c_find()`` does, without building Datasets and primitives for each. The
+        identifiers are encoded and decoded by pydicom, in the negotiated transfer syntax, as
+        pynetdicom does."""
         if not self.is_open:
             self.open()
-        assert self.assoc is not None
+        assoc = self.assoc
+        assert assoc is not None
         self.queries += 1
         result = FindResult()
-        cx_id = next(
-            cx.context_id for cx in self.assoc.accepted_contexts if cx.abstract_syntax == FIND
-        )
+        cx = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == FIND)
+        cx_id, syntax = cx.context_id, cx.transfer_syntax[0]
+        assert cx_id is not None
         msg_id = self.queries % 65535 or 1
+        data = encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian,
+                      syntax.is_deflated)
+        if data is None:  # pragma: no cover - study_query builds valid identifiers
+            raise ValueError("the query identifier cannot be encoded")
+        dimse = assoc.dimse
+        dimse.receive_primitive = _Responses(dimse.msg_queue)  # type: ignore[method-assign]
+        # As send_c_find(): the association's reactor stays paused until the last response
+        # (discovery/reactor.py never takes a message; an abort still reaches the queue).
+        assoc._reactor_checkpoint.clear()
         try:
-            for status, ident in self.assoc.send_c_find(identifier, FIND, msg_id=msg_id):
-                if status is None or "Status" not in status:
-                    result.error = "no response from the PACS (timeout or aborted association)"
-                    break
-                code = int(status.Status)
-                if code in PENDING:
-                    if ident is None:  # pynetdicom could not decode the identifier at all
-                        result.undecodable += 1
-                        continue
-                    result.rows.append(ident)
-                    if max_rows and len(result.rows) > max_rows and not result.cancelled:
-                        self.assoc.send_c_cancel(msg_id, cx_id)
-                        result.cancelled = True
-                    continue
-                result.status = code
+            while not assoc._is_paused and assoc.is_established:
+                time.sleep(0.0001)
+            _send(assoc, cx_id, codec.find_request(msg_id, FIND), data)
+            while result.status is None and result.error is None:
+                self._next_response(result, msg_id, cx_id, syntax, max_rows)
         except (OSError, RuntimeError, ValueError) as exc:
             result.error = f"C-FIND failed: {exc}"
+        finally:
+            del dimse.receive_primitive  # pynetdicom's own again, between queries
+            assoc._reactor_checkpoint.set()
         if result.status is None:
             self.close(abort=True)
         return result
+
+    def _next_response(self, result: FindResult, msg_id: int, cx_id: int, syntax: Any,
+                       max_rows: int) -> None:
+        """Take one response off the queue into ``result``: a row, the final status or an
+        error (no response within DISCOVERY_DIMSE_TIMEOUT, an abort, a malformed message)."""
+        assert self.assoc is not None
+        try:
+            _, rsp = self.assoc.dimse.msg_queue.get(timeout=self.settings.dimse_timeout)
+        except queue.Empty:
+            rsp = None
+        if rsp is None:  # the DIMSE timeout, or pynetdicom's word of an abort or a closed socket
+            result.error = "no response from the PACS (timeout or aborted association)"
+            return
+        if not isinstance(rsp, _Response):  # taken by pynetdicom between two queries
+            result.error = f"the PACS sent an unexpected {type(rsp).__name__} message"
+            return
+        if rsp.error is not None:
+            result.error = f"the PACS sent {rsp.error}"
+            return
+        if rsp.message_id != msg_id:
+            result.error = (f"the PACS answered message {rsp.message_id} while we asked "
+                            f"message {msg_id}")
+            return
+        if rsp.status not in PENDING:
+            result.status = rsp.status
+            return
+        try:
+            if rsp.data is None:
+                raise ValueError("a pending response without an identifier")
+            ident = decode(BytesIO(rsp.data), syntax.is_implicit_VR, syntax.is_little_endian,
+                           syntax.is_deflated)
+        except Exception:  # noqa: BLE001 - pydicom may raise anything on hostile bytes
+            result.undecodable += 1  # a study we cannot even name: the caller fails the window
+            return
+        result.rows.append(ident)
+        if max_rows and len(result.rows) > max_rows and not result.cancelled:
+            self.assoc.send_c_cancel(msg_id, cx_id)
+            result.cancelled = True
 
     def close(self, abort: bool = False) -> None:
         """Release the association (A-RELEASE), or abort it after an error."""
@@ -250,3 +305,92 @@ class PacsConnection:
                 assoc.release()
         except Exception:  # pragma: no cover - the peer is gone already
             log.debug("closing the association failed", exc_info=True)
+
+
+@dataclass
+class _Response:
+    """One C-FIND-RSP (PS3.7 9.3.2.2): what :meth:`PacsConnection.find` needs of it, or why it
+    is not one."""
+
+    status: int = 0
+    message_id: int = 0
+    data: bytes | None = None
+    error: str | None = None
+
+
+class _Responses:
+    """Takes the place of pynetdicom's ``DIMSEServiceProvider.receive_primitive`` while a
+    C-FIND runs: the DUL thread hands it every P-DATA (PS3.8 9.3.5) it receives; fragments are
+    joined into messages (PS3.8 E.2: the message control header says command or data set, and
+    last fragment) and each message is put on the DIMSE queue as a :class:`_Response`, where
+    an abort still puts pynetdicom's ``(None, None)``. A message that is not a well-formed
+    C-FIND-RSP is put as an error, and nothing after it is read (the query aborts)."""
+
+    def __init__(self, out: queue.Queue) -> None:
+        self.out = out
+        self.command = bytearray()
+        self.data = bytearray()
+        self.fields: dict[int, int] | None = None  # a response whose data set is coming
+        self.broken = False
+
+    def __call__(self, primitive: Any) -> None:
+        for cx_id, pdv in primitive.presentation_data_value_list:
+            if self.broken:
+                return
+            if not pdv:
+                self._fail(cx_id, "an empty presentation data value")
+            elif pdv[0] & 1:
+                self._command(cx_id, pdv)
+            elif self.fields is None:
+                self._fail(cx_id, "a data set fragment without its command")
+            else:
+                self.data += pdv[1:]
+                if pdv[0] & 2:
+                    self._put(cx_id, self.fields, bytes(self.data))
+
+    def _command(self, cx_id: int, pdv: bytes) -> None:
+        if self.fields is not None:
+            self._fail(cx_id, "a command inside a data set")
+            return
+        self.command += pdv[1:]
+        if not pdv[0] & 2:
+            return
+        try:
+            fields = codec.read_command(bytes(self.command))
+        except codec.CodecError as exc:
+            self._fail(cx_id, f"a malformed command set ({exc})")
+            return
+        self.command = bytearray()
+        kind = fields.get(codec.COMMAND_FIELD)
+        if kind != codec.C_FIND_RSP:
+            what = "no command field" if kind is None else f"command 0x{kind:04X}"
+            self._fail(cx_id, f"a message other than a C-FIND response ({what})")
+        elif not {codec.STATUS, codec.MESSAGE_ID_RESPONDED, codec.DATA_SET_TYPE} <= set(fields):
+            self._fail(cx_id, "a C-FIND response without its status, message ID or data set type")
+        elif fields[codec.DATA_SET_TYPE] == codec.NO_DATA_SET:
+            self._put(cx_id, fields, None)
+        else:
+            self.fields = fields
+
+    def _put(self, cx_id: int, fields: dict[int, int], data: bytes | None) -> None:
+        self.out.put((cx_id, _Response(fields[codec.STATUS], fields[codec.MESSAGE_ID_RESPONDED],
+                                       data)))
+        self.fields, self.data = None, bytearray()
+
+    def _fail(self, cx_id: int, why: str) -> None:
+        self.broken = True
+        self.out.put((cx_id, _Response(error=why)))
+
+
+def _send(assoc: Association, cx_id: int, command: bytes, data: bytes) -> None:
+    """A command set and its data set as P-DATA, in fragments that fit the PACS's maximum PDU
+    length (PS3.8 9.3.1: a PDV item's header takes 6 bytes of it; 0 means unlimited)."""
+    limit = assoc.acceptor.maximum_length or 0
+    size = max(1, limit - 6) if limit else len(command) + len(data) + 1
+    for kind, payload in ((0x01, command), (0x00, data)):
+        chunks = [payload[i:i + size] for i in range(0, len(payload), size)] or [b""]
+        for n, chunk in enumerate(chunks):
+            pdata = P_DATA()
+            header = kind | (0x02 if n == len(chunks) - 1 else 0)
+            pdata.presentation_data_value_list.append((cx_id, bytes([header]) + chunk))
+            assoc.dul.send_pdu(pdata)

@@ -15,9 +15,9 @@ also runs other workers, that is CPU taken from them.
   stopping it rings too;
 * the reactor of an association *we requested* (an SCU's) naps :data:`REQUESTOR_NAP` seconds
   between its checks (peer release or abort, the DUL's end, the network timeout), counts as
-  paused while it naps, so a ``send_c_find()`` or ``release()`` never waits for it, and never
-  takes a DIMSE message off the queue: pynetdicom's does, and under load that loses C-FIND
-  responses (:func:`_requestor_reactor`);
+  paused while it naps, so a C-FIND (ours or ``send_c_find()``) or ``release()`` never waits
+  for it, and never takes a DIMSE message off the queue: pynetdicom's does, and under load
+  that loses C-FIND responses (:func:`_requestor_reactor`);
 * an acceptor's reactor (it serves requests: the simulated PACS) keeps pynetdicom's own loop,
   but its millisecond sleep between rounds waits instead until its DUL thread has done
   something (the DUL rings it each time it has nothing left to do: a request, a release or an
