@@ -75,6 +75,8 @@ from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom import service_class as _service_class
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from demo.simmatch import (  # noqa: F401 - date_bounds, parse_tm, time_bounds re-exported
@@ -88,7 +90,8 @@ from demo.simmatch import (  # noqa: F401 - date_bounds, parse_tm, time_bounds r
     response,
     time_bounds,
 )
-from discovery import reactor
+from discovery import codec, reactor
+from discovery.dimse import send_message
 
 LOGGER = logging.getLogger("demo.simscp")
 
@@ -109,6 +112,24 @@ def _encode(ds: Dataset, implicit: bool, little: bool, deflated: bool = False) -
     if raw is None:
         raw = cache[key] = _stock_encode(ds, implicit, little, deflated)
     return raw
+
+
+_stock_send_msg = DIMSEServiceProvider.send_msg
+
+
+def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """pynetdicom's DIMSE send, but a C-FIND response's command set is written by
+    :func:`discovery.codec.find_response` (the bytes pynetdicom writes, without building a
+    Dataset for it twice); every other message as before."""
+    if (isinstance(primitive, C_FIND) and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.ErrorComment is None and primitive.OffendingElement is None):
+        data = None if primitive.Identifier is None else primitive.Identifier.getvalue()
+        command = codec.find_response(primitive.MessageIDBeingRespondedTo,
+                                      primitive.AffectedSOPClassUID, primitive.Status,
+                                      data is not None)
+        send_message(self.assoc, context_id, command, data)
+        return
+    _stock_send_msg(self, primitive, context_id)
 
 
 class Stats:
@@ -192,6 +213,7 @@ class SimScp:
         pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
         reactor.install()  # its DUL threads wait instead of polling: less CPU taken from us
         _service_class.encode = _encode  # answers kept for reuse are encoded once
+        DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
         if self.cfg.get("prepare_keys") and not self._answers:
             self._prepare(self._studies, self.cfg["prepare_keys"])
         ae = AE(ae_title=self.aet)

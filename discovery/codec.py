@@ -6,7 +6,8 @@ response in a primitive and a status Dataset: per window that cost more CPU than
 identifiers (docs/benchmarks.md, "What changed"). A C-FIND needs little of it: one command
 set out (PS3.7 9.3.2.1) and, of each response (PS3.7 9.3.2.2), four values. This module
 writes and reads exactly those; the identifiers stay pydicom's (encoded and decoded as
-pynetdicom does, in the negotiated transfer syntax).
+pynetdicom does, in the negotiated transfer syntax). The simulated PACS writes its responses'
+command sets here too.
 
 Command sets are always Implicit VR Little Endian (PS3.7 6.3.1). Reading is for hostile
 input: any length that runs past the end raises :class:`CodecError` and nothing else.
@@ -41,18 +42,29 @@ def _element(tag: int, value: bytes) -> bytes:
     return _HEAD.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
 
 
-def find_request(message_id: int, sop_class: str, priority: int = 2) -> bytes:
-    """The command set of a C-FIND-RQ with an identifier (PS3.7 9.3.2.1), its group length
-    first: byte for byte what pynetdicom sends (tests/unit/test_codec.py)."""
+def _command(sop_class: str, *elements: tuple[int, int]) -> bytes:
+    """A command set: group length, Affected SOP Class UID, then US ``(tag, value)`` elements
+    in the order given (ascending tags)."""
     uid = sop_class.encode("ascii")
     if len(uid) % 2:
         uid += b"\0"  # UI values are padded with NUL to an even length (PS3.5 6.2)
-    body = (_element(0x00000002, uid)
-            + _element(COMMAND_FIELD, _U16.pack(C_FIND_RQ))
-            + _element(MESSAGE_ID, _U16.pack(message_id))
-            + _element(0x00000700, _U16.pack(priority))
-            + _element(DATA_SET_TYPE, _U16.pack(0x0001)))
+    body = _element(0x00000002, uid) + b"".join(_element(tag, _U16.pack(value))
+                                                 for tag, value in elements)
     return _element(0x00000000, _U32.pack(len(body))) + body
+
+
+def find_request(message_id: int, sop_class: str, priority: int = 2) -> bytes:
+    """The command set of a C-FIND-RQ with an identifier (PS3.7 9.3.2.1): byte for byte what
+    pynetdicom sends (tests/unit/test_codec.py)."""
+    return _command(sop_class, (COMMAND_FIELD, C_FIND_RQ), (MESSAGE_ID, message_id),
+                    (0x00000700, priority), (DATA_SET_TYPE, 0x0001))
+
+
+def find_response(message_id: int, sop_class: str, status: int, with_data: bool) -> bytes:
+    """The command set of a C-FIND-RSP without error comment or offending element
+    (PS3.7 9.3.2.2), as pynetdicom writes it; for the simulated PACS (demo/simscp.py)."""
+    return _command(sop_class, (COMMAND_FIELD, C_FIND_RSP), (MESSAGE_ID_RESPONDED, message_id),
+                    (DATA_SET_TYPE, 0x0001 if with_data else NO_DATA_SET), (STATUS, status))
 
 
 def read_command(data: bytes) -> dict[int, int]:

@@ -243,7 +243,7 @@ class PacsConnection:
         try:
             while not assoc._is_paused and assoc.is_established:
                 time.sleep(0.0001)
-            _send(assoc, cx_id, codec.find_request(msg_id, FIND), data)
+            send_message(assoc, cx_id, codec.find_request(msg_id, FIND), data)
             while result.status is None and result.error is None:
                 self._next_response(result, msg_id, cx_id, syntax, max_rows)
         except (OSError, RuntimeError, ValueError) as exc:
@@ -382,12 +382,14 @@ class _Responses:
         self.out.put((cx_id, _Response(error=why)))
 
 
-def _send(assoc: Association, cx_id: int, command: bytes, data: bytes) -> None:
-    """A command set and its data set as P-DATA, in fragments that fit the PACS's maximum PDU
-    length (PS3.8 9.3.1: a PDV item's header takes 6 bytes of it; 0 means unlimited)."""
-    limit = assoc.acceptor.maximum_length or 0
-    size = max(1, limit - 6) if limit else len(command) + len(data) + 1
-    for kind, payload in ((0x01, command), (0x00, data)):
+def send_message(assoc: Association, cx_id: int, command: bytes, data: bytes | None) -> None:
+    """A command set and its data set (if any) as P-DATA, in fragments that fit the peer's
+    maximum PDU length (PS3.8 9.3.1: a PDV item's header takes 6 bytes of it; 0 means
+    unlimited). The simulated PACS sends its C-FIND responses with it too."""
+    limit = assoc.dimse.maximum_pdu_size or 0
+    size = max(1, limit - 6) if limit else len(command) + len(data or b"") + 1
+    parts = ((0x01, command),) if data is None else ((0x01, command), (0x00, data))
+    for kind, payload in parts:
         chunks = [payload[i:i + size] for i in range(0, len(payload), size)] or [b""]
         for n, chunk in enumerate(chunks):
             pdata = P_DATA()

@@ -50,6 +50,18 @@ def test_read_command_of_a_response(status: int, with_data: bool) -> None:
     assert (fields[codec.DATA_SET_TYPE] != codec.NO_DATA_SET) is with_data
 
 
+@pytest.mark.parametrize(("status", "with_data"), [(0xFF00, True), (0xFF01, True),
+                                                   (0x0000, False), (0xFE00, False),
+                                                   (0xA700, False), (0xC000, False)])
+def test_find_response_is_what_pynetdicom_sends(status: int, with_data: bool) -> None:
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID, rsp.Status = 65535, FIND, status
+    if with_data:
+        rsp.Identifier = io.BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    assert (codec.find_response(65535, FIND, status, with_data)
+            == pynetdicom_command(rsp, C_FIND_RSP))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_raise_anything_else(data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""The C-FIND messages on the wire (discovery.dimse's _send and _Responses), against
+"""The C-FIND messages on the wire (discovery.dimse's send_message and _Responses), against
 pynetdicom's own encoder: what we send is what pynetdicom sends, fragment for fragment; what
 we read of any fragmentation pynetdicom produces is the message it encoded; every malformed
 message becomes one error and stops the reading."""
@@ -18,7 +18,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND  # type: ignore[attr-defined]
 
 from discovery import codec
-from discovery.dimse import _Response, _Responses, _send, study_query
+from discovery.dimse import _Response, _Responses, send_message, study_query
 from discovery.windows import Window
 
 IDENT = encode(study_query(Window(date(2024, 1, 1), 36000, 39600)), True, True)
@@ -40,14 +40,26 @@ def pdvs(primitives: list[P_DATA]) -> list[tuple[int, bytes]]:
 @pytest.mark.parametrize("max_pdu", [0, 16382, 200, 64, 7])
 def test_send_fragments_as_pynetdicom_does(max_pdu: int) -> None:
     dul = Dul()
-    assoc = SimpleNamespace(acceptor=SimpleNamespace(maximum_length=max_pdu), dul=dul)
-    _send(assoc, 5, codec.find_request(9, FIND), IDENT)  # type: ignore[arg-type]
+    assoc = SimpleNamespace(dimse=SimpleNamespace(maximum_pdu_size=max_pdu), dul=dul)
+    send_message(assoc, 5, codec.find_request(9, FIND), IDENT)  # type: ignore[arg-type]
     req = C_FIND()
     req.MessageID, req.AffectedSOPClassUID, req.Priority = 9, FIND, 2
     req.Identifier = io.BytesIO(IDENT)
     msg = C_FIND_RQ()
     msg.primitive_to_message(req)
     assert pdvs(dul.sent) == pdvs(list(msg.encode_msg(5, max_pdu)))
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16382, 64, 7])
+@pytest.mark.parametrize(("status", "identifier"), [(0xFF00, IDENT), (0x0000, None)])
+def test_send_of_a_response_is_what_pynetdicom_sends(max_pdu: int, status: int,
+                                                     identifier: bytes | None) -> None:
+    """The simulated PACS's responses (demo/simscp.py): codec.find_response + send_message."""
+    dul = Dul()
+    assoc = SimpleNamespace(dimse=SimpleNamespace(maximum_pdu_size=max_pdu), dul=dul)
+    command = codec.find_response(9, FIND, status, identifier is not None)
+    send_message(assoc, 5, command, identifier)  # type: ignore[arg-type]
+    assert pdvs(dul.sent) == pdvs(list(response(status, identifier).encode_msg(5, max_pdu)))
 
 
 def response(status: int, identifier: bytes | None, msg_id: int = 9) -> C_FIND_RSP:
