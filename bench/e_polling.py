@@ -17,16 +17,20 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.b_limit import SimPacs
-from bench.common import PY, Scale, Table
-from demo.cluster import ROOT
+if TYPE_CHECKING:  # the child imports none of this: discovery.dimse installs reactor.py
+    from bench.b_limit import SimPacs
+    from bench.common import Scale, Table
 
 MEASURE_S = 4.0
 COUNTS = (1, 8)
 
 
 def run(scale: Scale, workdir: Path) -> Table:
+    from bench.b_limit import SimPacs
+    from bench.common import Table
+
     table = Table(
         "E. CPU of a process holding N associations (% of one core, over "
         f"{MEASURE_S:g} s), pynetdicom's own threads against discovery/reactor.py",
@@ -52,6 +56,9 @@ def run(scale: Scale, workdir: Path) -> Table:
 
 
 def _child(pacs: SimPacs, n: int, state: str, reactor: bool) -> float:
+    from bench.common import PY
+    from demo.cluster import ROOT
+
     argv = [PY, "-m", "bench.e_polling", "--child", "--host", pacs.host, "--port",
             str(pacs.port), "--aet", pacs.aet, "--associations", str(n), "--state", state]
     done = subprocess.run(argv + (["--reactor"] if reactor else []), cwd=ROOT,
@@ -64,6 +71,11 @@ def child(args: argparse.Namespace) -> int:
     from pynetdicom import AE, _config
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
+    if "discovery.reactor" in sys.modules:
+        # Imported with something else of ours (discovery.dimse installs it): the column
+        # "pynetdicom's threads" would measure reactor.py too.
+        raise SystemExit("bench.e_polling: discovery.reactor was imported before the child "
+                         "chose; import nothing of discovery in the child but reactor.py")
     if args.reactor:
         from discovery import reactor
 
