@@ -33,16 +33,25 @@ def test_find_request_is_what_pynetdicom_sends(message_id: int) -> None:
     assert codec.find_request(message_id, FIND) == pynetdicom_command(req, C_FIND_RQ)
 
 
-@pytest.mark.parametrize(("status", "with_data"), [(0xFF00, True), (0xFF01, True),
-                                                   (0x0000, False), (0xFE00, False),
-                                                   (0xA700, False), (0xC001, False)])
-def test_read_command_of_a_response(status: int, with_data: bool) -> None:
+#: Pendings with an identifier, finals without; every status class.
+RESPONSES = [(0xFF00, True), (0xFF01, True), (0x0000, False), (0xFE00, False), (0xA700, False),
+             (0xC001, False)]
+
+
+def find_rsp(message_id: int, status: int, with_data: bool, comment: str | None = None) -> C_FIND:
     rsp = C_FIND()
-    rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID, rsp.Status = 7, FIND, status
+    rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID, rsp.Status = message_id, FIND, status
     if with_data:
         rsp.Identifier = io.BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
-    if status == 0xC001:
-        rsp.ErrorComment = "an error comment of odd length"
+    if comment is not None:
+        rsp.ErrorComment = comment
+    return rsp
+
+
+@pytest.mark.parametrize(("status", "with_data"), RESPONSES)
+def test_read_command_of_a_response(status: int, with_data: bool) -> None:
+    rsp = find_rsp(7, status, with_data,
+                   "an error comment of odd length" if status == 0xC001 else None)
     fields = codec.read_command(pynetdicom_command(rsp, C_FIND_RSP))
     assert fields[codec.COMMAND_FIELD] == codec.C_FIND_RSP
     assert fields[codec.STATUS] == status
@@ -50,16 +59,10 @@ def test_read_command_of_a_response(status: int, with_data: bool) -> None:
     assert (fields[codec.DATA_SET_TYPE] != codec.NO_DATA_SET) is with_data
 
 
-@pytest.mark.parametrize(("status", "with_data"), [(0xFF00, True), (0xFF01, True),
-                                                   (0x0000, False), (0xFE00, False),
-                                                   (0xA700, False), (0xC000, False)])
+@pytest.mark.parametrize(("status", "with_data"), RESPONSES)
 def test_find_response_is_what_pynetdicom_sends(status: int, with_data: bool) -> None:
-    rsp = C_FIND()
-    rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID, rsp.Status = 65535, FIND, status
-    if with_data:
-        rsp.Identifier = io.BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
     assert (codec.find_response(65535, FIND, status, with_data)
-            == pynetdicom_command(rsp, C_FIND_RSP))
+            == pynetdicom_command(find_rsp(65535, status, with_data), C_FIND_RSP))
 
 
 @settings(max_examples=300, deadline=None)
