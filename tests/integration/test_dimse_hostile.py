@@ -21,7 +21,7 @@ from discovery import codec
 from discovery.dimse import PacsConnection
 from discovery.errors import PermanentError
 from discovery.query import run_window
-from discovery.settings import Settings
+from discovery.settings import Settings, load_settings
 from discovery.windows import Window
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,7 +51,7 @@ def message(msg_id: int, status: int, data: bytes | None = None) -> list[bytes]:
 
 def pdata(cx: int, *pdvs: bytes) -> P_DATA:
     p = P_DATA()
-    p.presentation_data_value_list = [[cx, v] for v in pdvs]
+    p.presentation_data_value_list = [[cx, v] for v in pdvs]  # type: ignore[misc]
     return p
 
 
@@ -67,25 +67,30 @@ class CraftingPacs:
         for uid in contexts:
             ae.add_supported_context(uid)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        self.server = ae.start_server((self.host, 0), block=False,
-                                      evt_handlers=[(evt.EVT_C_FIND, self._on_find)])
+        server = ae.start_server((self.host, 0), block=False,
+                                 evt_handlers=[(evt.EVT_C_FIND, self._on_find)])
+        assert server is not None
+        self.server = server
         self.port = self.server.server_address[1]
 
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         self.queries += 1
         assoc = event.assoc
         assoc.dimse.__dict__.pop("send_msg", None)
-        for item in self.script(self.queries, event.context.context_id, event.request.MessageID):
+        msg_id = event.request.MessageID
+        assert msg_id is not None
+        for item in self.script(self.queries, event.context.context_id, msg_id):
             if isinstance(item, int | float):
                 time.sleep(item)
             else:
                 assoc.dul.send_pdu(item)
-        assoc.dimse.send_msg = lambda *args, **kwargs: None  # pynetdicom's final Success
+        # pynetdicom's own final Success (the handler yields nothing) goes nowhere
+        assoc.dimse.send_msg = lambda *args, **kwargs: None  # type: ignore[method-assign]
         yield from ()
 
     def settings(self) -> Settings:
-        return Settings(pacs_host=self.host, pacs_port=self.port, called_aet=self.aet,
-                        dimse_timeout=3)
+        return load_settings(pacs_host=self.host, pacs_port=self.port, called_aet=self.aet,
+                             dimse_timeout=3)
 
 
 @pytest.fixture
