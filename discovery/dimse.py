@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset
 from pydicom import config as pydicom_config
+from pydicom.dataelem import RawDataElement
 from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu_primitives import P_DATA
@@ -65,6 +66,7 @@ SUCCESS = 0x0000
 CANCEL = 0xFE00
 
 _LOST_ANSWER_TRIES = 3
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 # Reject reasons for source 1, "DICOM UL service-user" (PS3.8 Table 9-21).
 _USER_REASONS = {
@@ -169,13 +171,16 @@ class PacsConnection:
         if assoc.is_established:
             if not any(cx.abstract_syntax in self._contexts for cx in assoc.accepted_contexts):
                 assoc.abort()
-                raise PermanentError(
-                    f"{s.pacs_label} accepted the association but not Study Root C-FIND: "
-                    "allow Query/Retrieve for DISCOVERY_CALLING_AET on the PACS"
-                )
+                raise self._no_find()
             self.assoc = assoc
             return
         raise self._classify_failure(assoc)
+
+    def _no_find(self) -> PermanentError:
+        return PermanentError(
+            f"{self.settings.pacs_label} accepted the association but not Study Root C-FIND: "
+            "allow Query/Retrieve for DISCOVERY_CALLING_AET on the PACS"
+        )
 
     def _classify_failure(self, assoc: Association) -> Exception:
         s = self.settings
@@ -227,7 +232,10 @@ class PacsConnection:
         assert assoc is not None
         self.queries += 1
         result = FindResult()
-        cx = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == FIND)
+        cx = next((cx for cx in assoc.accepted_contexts if cx.abstract_syntax == FIND), None)
+        if cx is None:  # accepted with another context only (preflight asks Verification too)
+            self.close(abort=True)
+            raise self._no_find()
         cx_id, syntax = cx.context_id, cx.transfer_syntax[0]
         assert cx_id is not None
         msg_id = self.queries % 65535 or 1
@@ -285,6 +293,8 @@ class PacsConnection:
                 raise ValueError("a pending response without an identifier")
             ident = decode(BytesIO(rsp.data), syntax.is_implicit_VR, syntax.is_little_endian,
                            syntax.is_deflated)
+            if _cut_short(ident):
+                raise ValueError("an element shorter than its length")
         except Exception:  # noqa: BLE001 - pydicom may raise anything on hostile bytes
             result.undecodable += 1  # a study we cannot even name: the caller fails the window
             return
@@ -305,6 +315,18 @@ class PacsConnection:
                 assoc.release()
         except Exception:  # pragma: no cover - the peer is gone already
             log.debug("closing the association failed", exc_info=True)
+
+
+def _cut_short(ds: Dataset) -> bool:
+    """Whether an element of a decoded identifier holds fewer bytes than its header says:
+    pydicom reads a value cut short by the end of the data set without a word, and a Study
+    Instance UID one byte short is another study's UID."""
+    for tag in ds.keys():
+        elem = ds.get_item(tag, keep_deferred=True)
+        if (isinstance(elem, RawDataElement) and elem.value is not None
+                and elem.length != _UNDEFINED_LENGTH and len(elem.value) != elem.length):
+            return True
+    return False
 
 
 @dataclass
@@ -332,12 +354,29 @@ class _Responses:
         self.data = bytearray()
         self.fields: dict[int, int] | None = None  # a response whose data set is coming
         self.broken = False
+        self.ended = False  # the final response came
+        self.batch: list[tuple[int, _Response]] = []  # this P-DATA's messages
 
     def __call__(self, primitive: Any) -> None:
+        # The messages of one P-DATA go on the queue together at its end, so that a final
+        # response followed by anything (PS3.7 9.1.2: nothing follows it) is never taken as
+        # the end of the query: what followed would be a study that query never saw.
+        self.batch = []
+        try:
+            self._read(primitive)
+        finally:
+            for item in self.batch:
+                self.out.put(item)
+            self.batch = []
+
+    def _read(self, primitive: Any) -> None:
         for cx_id, pdv in primitive.presentation_data_value_list:
             if self.broken:
                 return
-            if not pdv:
+            if self.ended:
+                self.batch = [item for item in self.batch if item[1].status in PENDING]
+                self._fail(cx_id, "a message after the final response")
+            elif not pdv:
                 self._fail(cx_id, "an empty presentation data value")
             elif pdv[0] & 1:
                 self._command(cx_id, pdv)
@@ -373,13 +412,14 @@ class _Responses:
             self.fields = fields
 
     def _put(self, cx_id: int, fields: dict[int, int], data: bytes | None) -> None:
-        self.out.put((cx_id, _Response(fields[codec.STATUS], fields[codec.MESSAGE_ID_RESPONDED],
-                                       data)))
+        self.batch.append((cx_id, _Response(fields[codec.STATUS],
+                                            fields[codec.MESSAGE_ID_RESPONDED], data)))
+        self.ended = fields[codec.STATUS] not in PENDING
         self.fields, self.data = None, bytearray()
 
     def _fail(self, cx_id: int, why: str) -> None:
         self.broken = True
-        self.out.put((cx_id, _Response(error=why)))
+        self.batch.append((cx_id, _Response(error=why)))
 
 
 def send_message(assoc: Association, cx_id: int, command: bytes, data: bytes | None) -> None:
