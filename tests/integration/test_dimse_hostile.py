@@ -150,3 +150,48 @@ def test_a_pacs_that_accepts_verification_but_not_find(
     pacs = crafting(lambda n, cx, msg: [], contexts=(Verification,))
     with pytest.raises(PermanentError, match="not Study Root C-FIND"):
         preflight(pacs.settings(), Window(date(2024, 1, 1), 0, 1))
+
+
+def test_a_pending_on_another_presentation_context(
+        crafting: Callable[..., CraftingPacs]) -> None:
+    """A response's PDVs on a context the C-FIND was not sent on (PS3.8 9.3.5: a message goes
+    on its request's context) were read as ours, its identifier in our context's syntax."""
+    pacs = crafting(lambda n, cx, msg: [pdata(cx + 2, *message(msg, 0xFF00, identifier("1.2.3.1"))),
+                                        pdata(cx, *message(msg, 0x0000))])
+    s = pacs.settings()
+    conn = PacsConnection(s)
+    with conn:
+        outcome = run_window(conn, WINDOW, s)
+    assert outcome["state"] == "failed" and "context" in (outcome["error"] or ""), outcome
+
+
+def test_an_element_of_unknown_vr_is_undecodable(crafting: Callable[..., CraftingPacs],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explicit VR with a VR pydicom does not know on an empty element: decode() is lazy and
+    succeeded, and reading the row raised NotImplementedError outside find() (the worker's 'unexpected
+    NotImplementedError'), not the window's 'undecodable'."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from discovery import dimse
+
+    class ExplicitAE(AE):  # propose Explicit VR Little Endian only
+        def add_requested_context(self, uid, transfer_syntax=None):  # type: ignore[no-untyped-def]
+            super().add_requested_context(uid, [ExplicitVRLittleEndian])
+
+    monkeypatch.setattr(dimse, "AE", ExplicitAE)
+    ds = Dataset()
+    ds.QueryRetrieveLevel, ds.StudyDate, ds.StudyTime = "STUDY", "20240101", "100000"
+    ds.AccessionNumber, ds.StudyInstanceUID = "", "1.2.3.1"  # empty: pydicom converts it
+    raw = bytearray(encode(ds, False, True) or b"")
+    at = raw.index(b"\x08\x00\x50\x00")  # Accession Number: SH -> "SE"
+    raw[at + 4:at + 6] = b"SE"
+    pacs = crafting(lambda n, cx, msg: [pdata(cx, *message(msg, 0xFF00, bytes(raw))),
+                                        pdata(cx, *message(msg, 0x0000))])
+    s = pacs.settings()
+    conn = PacsConnection(s)
+    with conn:
+        assert conn.assoc is not None
+        assert conn.assoc.accepted_contexts[0].transfer_syntax[0] == ExplicitVRLittleEndian
+        outcome = run_window(conn, WINDOW, s)
+    assert outcome["state"] == "failed", outcome
+    assert outcome["anomalies"].get("undecodable") == 1, outcome
