@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydicom import Dataset
 from pydicom import config as pydicom_config
 from pydicom.dataelem import RawDataElement
+from pydicom.valuerep import VR
 from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu_primitives import P_DATA
@@ -67,6 +68,7 @@ CANCEL = 0xFE00
 
 _LOST_ANSWER_TRIES = 3
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_KNOWN_VRS = frozenset(str(vr) for vr in VR)
 
 # Reject reasons for source 1, "DICOM UL service-user" (PS3.8 Table 9-21).
 _USER_REASONS = {
@@ -244,7 +246,7 @@ class PacsConnection:
         if data is None:  # pragma: no cover - study_query builds valid identifiers
             raise ValueError("the query identifier cannot be encoded")
         dimse = assoc.dimse
-        dimse.receive_primitive = _Responses(dimse.msg_queue)  # type: ignore[method-assign]
+        dimse.receive_primitive = _Responses(dimse.msg_queue, cx_id)  # type: ignore[method-assign]
         # As send_c_find(): the association's reactor stays paused until the last response
         # (discovery/reactor.py never takes a message; an abort still reaches the queue).
         assoc._reactor_checkpoint.clear()
@@ -318,13 +320,18 @@ class PacsConnection:
 
 
 def _cut_short(ds: Dataset) -> bool:
-    """Whether an element of a decoded identifier holds fewer bytes than its header says:
-    pydicom reads a value cut short by the end of the data set without a word, and a Study
-    Instance UID one byte short is another study's UID."""
+    """Whether an element of a decoded identifier holds fewer bytes than its header says
+    (pydicom reads a value cut short by the end of the data set without a word, and a Study
+    Instance UID one byte short is another study's UID), or has a VR pydicom does not know
+    (decode() is lazy: reading the row later would raise NotImplementedError)."""
     for tag in ds.keys():
         elem = ds.get_item(tag, keep_deferred=True)
-        if (isinstance(elem, RawDataElement) and elem.value is not None
-                and elem.length != _UNDEFINED_LENGTH and len(elem.value) != elem.length):
+        if not isinstance(elem, RawDataElement):
+            continue
+        if elem.VR is not None and elem.VR not in _KNOWN_VRS:
+            return True
+        if (elem.value is not None and elem.length != _UNDEFINED_LENGTH
+                and len(elem.value) != elem.length):
             return True
     return False
 
@@ -348,8 +355,9 @@ class _Responses:
     an abort still puts pynetdicom's ``(None, None)``. A message that is not a well-formed
     C-FIND-RSP is put as an error, and nothing after it is read (the query aborts)."""
 
-    def __init__(self, out: queue.Queue) -> None:
+    def __init__(self, out: queue.Queue, context_id: int | None = None) -> None:
         self.out = out
+        self.context_id = context_id  # the C-FIND's: every PDV of its responses comes on it
         self.command = bytearray()
         self.data = bytearray()
         self.fields: dict[int, int] | None = None  # a response whose data set is coming
@@ -376,6 +384,9 @@ class _Responses:
             if self.ended:
                 self.batch = [item for item in self.batch if item[1].status in PENDING]
                 self._fail(cx_id, "a message after the final response")
+            elif self.context_id is not None and cx_id != self.context_id:
+                self._fail(cx_id, f"a message on presentation context {cx_id}, not the "
+                                  f"C-FIND's {self.context_id}")
             elif not pdv:
                 self._fail(cx_id, "an empty presentation data value")
             elif pdv[0] & 1:

@@ -168,8 +168,8 @@ def test_a_pending_on_another_presentation_context(
 def test_an_element_of_unknown_vr_is_undecodable(crafting: Callable[..., CraftingPacs],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Explicit VR with a VR pydicom does not know on an empty element: decode() is lazy and
-    succeeded, and reading the row raised NotImplementedError outside find() (the worker's 'unexpected
-    NotImplementedError'), not the window's 'undecodable'."""
+    succeeded, and reading the row raised NotImplementedError outside find() (the worker's
+    'unexpected NotImplementedError'), not the window's 'undecodable'."""
     from pydicom.uid import ExplicitVRLittleEndian
 
     from discovery import dimse
