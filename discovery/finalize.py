@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from discovery import report
@@ -86,14 +85,6 @@ def _reconciliation(sweep: dict | None, enabled: bool) -> str:
     )
 
 
-def _report_names(path: Path, run_id: str) -> bool:
-    """Whether the coverage report at ``path`` is this run's (from an earlier finish)."""
-    try:
-        return bool(json.loads(path.read_text()).get("run_id") == run_id)
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def finish_run(ledger: Ledger, run_id: str) -> dict:
     """Write the CSV (or the ``.incomplete`` one), the coverage report; return the summary."""
     run = ledger.run(run_id)
@@ -118,15 +109,19 @@ def finish_run(ledger: Ledger, run_id: str) -> dict:
     written = report.write_csv(paths["csv"], ledger.studies(run_id, params["all_studies"]))
     if params.get("excel_safe"):
         report.write_excel_csv(paths["excel"], ledger.studies(run_id, params["all_studies"]))
-    if verdict == report.COMPLETE and _report_names(paths["report"], run_id):
-        # An earlier finish of THIS run was incomplete (then --retry-failed or --resume): its
-        # CSV is superseded, and nothing beside the output may look like a second answer. An
-        # incomplete CSV another run left at the same path is that run's: it stays.
-        stale = report.output_paths(Path(params["output"]), report.INCOMPLETE)
-        stale["csv"].unlink(missing_ok=True)
-        stale["excel"].unlink(missing_ok=True)
     cov = coverage(ledger, run_id, verdict, reasons, progress, caps)
     report.write_json(paths["report"], cov)
+    # The files at the output path are one run's, the one that finished last: what an earlier
+    # finish (this run's or another's) left under the other names is removed, so that no CSV
+    # sits beside a report that describes another run (README: give each run its own
+    # --output to keep both).
+    ours = {paths["csv"], paths["report"]} | ({paths["excel"]} if params.get("excel_safe")
+                                              else set())
+    for other in (report.COMPLETE, report.INCOMPLETE):
+        for kind in ("csv", "excel"):
+            path = report.output_paths(Path(params["output"]), other)[kind]
+            if path not in ours:
+                path.unlink(missing_ok=True)
     summary = {
         "verdict": verdict, "reasons": reasons, "csv": str(paths["csv"]),
         "csv_rows": written, "report": str(paths["report"]),

@@ -13,10 +13,12 @@ from discovery.ledger import Ledger
 from discovery.windows import Window
 
 
-def _run(ledger: Ledger, run_id: str, day: date, output: Path, state: str) -> None:
+def _run(ledger: Ledger, run_id: str, day: date, output: Path, state: str,
+         excel_safe: bool = False) -> None:
     window = Window(day, 0, 3600)
     params = {"start": f"{day}T00:00:00", "end": f"{day}T01:00:00", "window_minutes": 60,
-              "day_sweep": False, "all_studies": True, "output": str(output)}
+              "day_sweep": False, "all_studies": True, "output": str(output),
+              "excel_safe": excel_safe}
     ledger.create_run(run_id, params, [window])
     study = {"uid": f"1.2.{run_id}", "date": day.strftime("%Y%m%d"), "time": "001000",
              "accession": "A", "patient_id": "P", "description": "", "desc": "blank"}
@@ -25,15 +27,36 @@ def _run(ledger: Ledger, run_id: str, day: date, output: Path, state: str) -> No
                                        "anomalies": {}}, final=True)
 
 
-def test_a_complete_run_leaves_another_runs_incomplete_csv(tmp_path: Path) -> None:
+def _names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def test_a_complete_run_replaces_another_runs_incomplete_files(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     out = tmp_path / "out" / "dicom_query_results.csv"
-    _run(ledger, "B", date(2024, 2, 1), out, "failed")
+    _run(ledger, "B", date(2024, 2, 1), out, "failed", excel_safe=True)
     assert finish_run(ledger, "B")["verdict"] == report.INCOMPLETE
+    assert _names(out.parent) == {"dicom_query_results.incomplete.csv",
+                                  "dicom_query_results.incomplete.excel.csv",
+                                  "dicom_query_results.coverage.json"}
     _run(ledger, "A", date(2024, 2, 2), out, "complete")
     assert finish_run(ledger, "A")["verdict"] == report.COMPLETE
-    assert (tmp_path / "out" / "dicom_query_results.incomplete.csv").exists()  # B's stays
-    assert out.exists()
+    assert _names(out.parent) == {"dicom_query_results.csv", "dicom_query_results.coverage.json"}
+    assert "1.2.A" in out.read_text()
+
+
+def test_an_incomplete_run_leaves_no_complete_csv_of_another_run(tmp_path: Path) -> None:
+    """Found by a new user: run A complete, then run B (same --output) incomplete left A's CSV
+    under the complete name beside B's report."""
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    out = tmp_path / "out" / "dicom_query_results.csv"
+    _run(ledger, "A", date(2024, 2, 2), out, "complete", excel_safe=True)
+    assert finish_run(ledger, "A")["verdict"] == report.COMPLETE
+    _run(ledger, "B", date(2024, 2, 1), out, "failed")
+    assert finish_run(ledger, "B")["verdict"] == report.INCOMPLETE
+    assert _names(out.parent) == {"dicom_query_results.incomplete.csv",
+                                  "dicom_query_results.coverage.json"}
+    assert '"run_id": "B"' in (out.parent / "dicom_query_results.coverage.json").read_text()
 
 
 def test_stale_temporary_files_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
