@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
 import redis
 
-from discovery import status
+from discovery import report, status
 from discovery.finalize import finish_run
 from discovery.ledger import Ledger
 from discovery.windows import plan, sweeps
@@ -72,7 +73,20 @@ class Aggregator:
         windows = planned_windows(params)
         if self.ledger.create_run(run_id, params, windows):
             log.info("run %s registered: %d windows and sweeps", run_id, len(windows))
+            try:
+                # Here, not only at the end: the aggregator writes the CSV, on its machine, and
+                # a path it cannot write would be found after every window was queried.
+                report.check_writable(Path(params["output"]))
+            except OSError as exc:
+                self._stop_unwritable(run_id, params["output"], exc)
         self.publish(run_id)
+
+    def _stop_unwritable(self, run_id: str, where: str, exc: OSError) -> None:
+        message = (f"cannot write the CSV or its report at {where} "
+                   f"({exc.strerror or type(exc).__name__}): fix the path, its folder or the "
+                   f"free space, then python -m producer --resume {run_id} --wait")
+        log.error("run %s: %s", run_id, message)
+        status.stop_run(self.client, run_id, message)
 
     def record(self, run_id: str, key: str, outcome: dict, final: bool) -> bool:
         """Apply a result; ``False`` when the run is not known (yet)."""
@@ -96,12 +110,7 @@ class Aggregator:
             # CSV cannot be written. Stop it with the reason, so --wait ends with it, instead of
             # trying again at every watchdog tick; --resume writes it once the path is fixed.
             run = self.ledger.run(run_id) or {"params": {}}
-            where = run["params"].get("output", "the output path")
-            message = (f"cannot write the CSV or its report at {where} "
-                       f"({exc.strerror or type(exc).__name__}): fix the path, its folder or the "
-                       f"free space, then python -m producer --resume {run_id} --wait")
-            log.error("run %s: %s", run_id, message)
-            status.stop_run(self.client, run_id, message)
+            self._stop_unwritable(run_id, run["params"].get("output", "the output path"), exc)
             return {}
         log.info("run %s finished: %s, %d studies, %d windows failed, %d incomplete",
                  run_id, summary["verdict"], summary["studies"], summary["windows_failed"],
@@ -122,6 +131,12 @@ class Aggregator:
         if action in ("resume", "retry_failed"):
             self._follow_target(run_id, run["params"])
             status.clear_stop(self.client, run_id)
+            try:
+                report.check_writable(Path(run["params"]["output"]))
+            except OSError as exc:  # still not fixed: no window is sent again for nothing
+                self._stop_unwritable(run_id, run["params"]["output"], exc)
+                self.publish(run_id, ack=nonce)
+                return
             keys = self.ledger.reset_failed(run_id) if action == "retry_failed" else []
             open_keys = self.ledger.open_windows(run_id)
             if open_keys:

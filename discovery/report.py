@@ -9,6 +9,7 @@ so nothing at the output path looks complete when it is not.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import tempfile
@@ -43,6 +44,20 @@ def _atomic_write(path: Path, write, *, encoding: str = "utf-8") -> None:  # typ
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_writable(output: Path) -> None:
+    """Create the output's folder if it is missing, and a temporary file in it, removed at once:
+    what writing the CSV at the end will need (an ``OSError`` says why not). Permission bits
+    alone do not tell (root passes every access check, and /proc or a read-only mount refuse
+    files anyway)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(output))
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _remove_stale_tmp(path: Path) -> None:

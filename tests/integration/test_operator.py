@@ -4,7 +4,9 @@ not query, and Flower started without credentials."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +130,8 @@ def test_unwritable_output_stops_the_run_then_resume_writes_it(pacs, make_cluste
     started = cluster.producer(*DAY, "--output", str(target))
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.split()[1].rstrip(":")
+    wait_registered(cluster, run_id)  # the aggregator has checked the folder (and made it)
+    shutil.rmtree(target.parent)
     target.parent.write_text("not a folder")
     cluster.worker(concurrency=2)
     deadline = time.monotonic() + 120
@@ -142,6 +146,42 @@ def test_unwritable_output_stops_the_run_then_resume_writes_it(pacs, make_cluste
     resumed = cluster.producer("--resume", run_id, "--wait", timeout=120)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert read_csv(target) == expected_rows(STUDIES)
+
+
+def wait_registered(cluster, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 60
+    while "windows" not in cluster.producer("--status", run_id).stdout:
+        assert time.monotonic() < deadline, "the aggregator did not register the run"
+        time.sleep(0.5)
+
+
+def _stopped(cluster, run_id: str) -> str:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 60
+    while True:
+        out = cluster.producer("--status", run_id).stdout
+        if "stopped:" in out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a user the producer refuses /proc itself "
+                    "(its access check, tests/unit/test_cli.py)")
+def test_an_output_the_aggregator_cannot_write_stops_the_run_at_registration(
+        pacs, make_cluster, tmp_path: Path) -> None:
+    """Found by a new user: as root, /proc passes every access check but takes no file; the run
+    queried the whole range, then stopped at the end. The aggregator now tries the folder when
+    it registers the run (no query worker runs here: before, the run never stopped), and a
+    resume that has not fixed it stops again at once."""
+    cluster = make_cluster(pacs)
+    cluster.aggregator()
+    started = cluster.producer(*DAY, "--output", "/proc/pacs-discovery-test.csv")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.split()[1].rstrip(":")
+    out = _stopped(cluster, run_id)
+    assert "cannot write the CSV or its report at /proc/pacs-discovery-test.csv" in out
+    resumed = cluster.producer("--resume", run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "cannot write the CSV" in _stopped(cluster, run_id)
 
 
 def test_redis_that_may_evict_is_refused(pacs, make_cluster, tmp_path: Path) -> None:

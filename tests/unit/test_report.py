@@ -169,3 +169,20 @@ def test_verdict_no_description() -> None:
     verdict, reasons = report.verdict(progress(description_returned=0), True)
     assert verdict == report.NO_DESCRIPTION
     assert len(reasons) == 1 and "--all-studies" in reasons[0]
+
+
+def test_check_writable_makes_the_folder_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "x.csv"
+    report.check_writable(out)
+    assert out.parent.is_dir() and list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("make", ["output_is_a_folder", "folder_is_a_file"])
+def test_check_writable_says_why_not(tmp_path: Path, make: str) -> None:
+    out = tmp_path / "f" / "x.csv"
+    if make == "output_is_a_folder":
+        out.mkdir(parents=True)
+    else:
+        out.parent.write_text("a file")
+    with pytest.raises(OSError):
+        report.check_writable(out)
