@@ -120,14 +120,22 @@ class Aggregator:
 
     def control(self, action: str, run_id: str, nonce: str) -> None:
         """``status``, ``resume``, ``retry_failed`` or ``cancel``; answers by publishing
-        ``ack=nonce``. A cancel of a finished run changes nothing (the answer says finished)."""
+        ``ack=nonce``. A cancel of a finished run changes nothing (the answer says finished);
+        a cancel of a stopped run neither: its stop message stays (the reason it stopped), and
+        the answer says ``cancel=already_stopped`` (else ``cancel=cancelled``)."""
         run = self.ledger.run(run_id)
         if run is None:
             self.publish(run_id, ack=nonce)
             return
+        extra: dict[str, object] = {}
         if action == "cancel" and run["state"] != "finished":
-            status.stop_run(self.client, run_id, "cancelled by the operator (python -m producer "
-                            f"--cancel {run_id}); resume with --resume {run_id}")
+            if status.stopped(self.client, run_id):
+                extra["cancel"] = "already_stopped"
+            else:
+                status.stop_run(self.client, run_id, "cancelled by the operator (python -m "
+                                f"producer --cancel {run_id}); resume with: python -m producer "
+                                f"--resume {run_id} --wait")
+                extra["cancel"] = "cancelled"
         if action in ("resume", "retry_failed"):
             self._follow_target(run_id, run["params"])
             status.clear_stop(self.client, run_id)
@@ -150,7 +158,7 @@ class Aggregator:
                          run_id, action, len(open_keys), len(keys))
             elif run["state"] != "finished":
                 self.finish(run_id)
-        self.publish(run_id, ack=nonce)
+        self.publish(run_id, ack=nonce, **extra)
 
     def _follow_target(self, run_id: str, params: dict) -> None:
         """A resume may come with fixed settings (a wrong AE title stopped the run): from then

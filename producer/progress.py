@@ -63,6 +63,21 @@ class Bar:
             self.out.flush()
 
 
+def resume_advice(run_id: str, message: str) -> str | None:
+    """What to do after a run stopped with ``message``, unless the message already says how
+    to resume (an operator's cancel, a CSV that could not be written): then None, so the
+    advice is printed once."""
+    if f"--resume {run_id}" in message:
+        return None
+    return f"fix the setting, then: python -m producer --resume {run_id} --wait"
+
+
+def stopped_lines(run_id: str, message: str) -> str:
+    """The lines ``--wait`` prints (stderr) for a stopped run: the reason, then the advice."""
+    advice = resume_advice(run_id, message)
+    return f"pacs-discovery: run {run_id} stopped: {message}" + (f"\n{advice}" if advice else "")
+
+
 def print_summary(run_id: str, s: dict, out: TextIO) -> None:
     ok = s["windows_done"]
     verdict = s["verdict"].replace("_", " ").upper()

@@ -188,9 +188,7 @@ def _wait(app, client: redis.Redis, run_id: str, params: dict | None, timeout: f
             return VERDICT_EXIT.get(summary["verdict"], 1)
         if state.get("state") == "stopped":
             bar.done(state)
-            print(f"pacs-discovery: run {run_id} stopped: {state.get('message')}\n"
-                  f"fix the setting, then: python -m producer --resume {run_id} --wait",
-                  file=sys.stderr)
+            print(progress.stopped_lines(run_id, str(state.get("message"))), file=sys.stderr)
             return EXIT_CONFIG
         if state:
             bar.update(state)
@@ -239,8 +237,14 @@ def existing(args: argparse.Namespace, settings: Settings) -> int:
             print(f"run {run_id}: already finished ({verdict.replace('_', ' ').upper()}); "
                   "nothing to cancel")
             return VERDICT_EXIT.get(verdict, 1)
+        if state.get("cancel") == "already_stopped":
+            message = str(state.get("message", ""))
+            advice = progress.resume_advice(run_id, message)
+            print(f"run {run_id}: already stopped ({message}); nothing to cancel"
+                  + (f"; {advice}" if advice else ""))
+            return EXIT_OK
         print(f"run {run_id}: cancelled; workers skip its remaining windows (a query already "
-              "running finishes). Resume with: python -m producer --resume " + run_id)
+              f"running finishes). Resume with: python -m producer --resume {run_id} --wait")
         return EXIT_OK
     if action in ("resume", "retry_failed"):
         # The settings were fixed where the resume is run: from now on the run queries what

@@ -55,6 +55,11 @@ def test_cancel_then_resume(pacs, make_cluster, redis_server: RedisServer,
     run_id = started.stdout.split()[1].rstrip(":")
     cancel = cluster.producer("--cancel", run_id)
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert "cancelled; workers skip" in cancel.stdout
+    again = cluster.producer("--cancel", run_id)  # says so, and the run stays stopped
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.startswith(f"run {run_id}: already stopped (cancelled by the operator")
+    assert "workers skip" not in again.stdout and again.stdout.count("--resume") == 1
     cluster.worker(concurrency=2)  # every queued window of the run stands down
     status = cluster.producer("--status", run_id)
     assert "stopped" in status.stdout and "cancelled by the operator" in status.stdout

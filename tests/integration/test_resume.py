@@ -77,3 +77,25 @@ def test_cancel_stops_a_running_run_and_not_a_finished_one(
     assert (mirror["state"], mirror["ack"]) == ("stopped", "nonce-2")
     assert "cancelled by the operator" in mirror["message"]
     assert status.stopped(client, "run-2") == mirror["message"]
+
+
+def test_a_second_cancel_keeps_the_first_stop(
+        redis_server: RedisServer, broker_url: str, tmp_path: Path) -> None:
+    """A cancel of a stopped run stops nothing more: the answer says it was already stopped and
+    the reason it stopped for (a worker's, or the first cancel's) stays."""
+    client = redis_server.client()
+    agg = Aggregator(Ledger(tmp_path / "ledger.sqlite3"), client, lambda run_id, keys: None)
+    agg.register(RUN, {**PARAMS, "output": str(tmp_path / "out.csv")})
+    agg.control("cancel", RUN, "nonce-1")
+    assert status.read(client, RUN)["cancel"] == "cancelled"
+    agg.control("cancel", RUN, "nonce-2")
+    mirror = status.read(client, RUN)
+    assert (mirror["state"], mirror["ack"], mirror["cancel"]) == (
+        "stopped", "nonce-2", "already_stopped")
+
+    agg.register("run-2", {**PARAMS, "output": str(tmp_path / "out2.csv")})
+    status.stop_run(client, "run-2", "the PACS rejected us: fix DISCOVERY_CALLING_AET")
+    agg.control("cancel", "run-2", "nonce-3")
+    mirror = status.read(client, "run-2")
+    assert (mirror["state"], mirror["cancel"]) == ("stopped", "already_stopped")
+    assert mirror["message"] == "the PACS rejected us: fix DISCOVERY_CALLING_AET"

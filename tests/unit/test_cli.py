@@ -146,3 +146,53 @@ def test_redis_too_old(version: str, old: bool) -> None:
     from producer.run import too_old
 
     assert too_old(version) is old
+
+
+class _Mirror:
+    """A Redis client whose run mirror always reads ``state`` (what --wait polls)."""
+
+    def __init__(self, state: dict) -> None:
+        import json
+
+        self.raw = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in state.items()}
+
+    def hgetall(self, key: str) -> dict:
+        return self.raw
+
+
+def _wait_stderr(capsys: pytest.CaptureFixture[str], state: dict) -> tuple[int, str]:
+    from producer import run
+
+    code = run.wait(None, _Mirror(state), "R1", None, 0)  # type: ignore[arg-type]
+    return code, capsys.readouterr().err
+
+
+def test_wait_on_a_cancelled_run_says_how_to_resume(capsys: pytest.CaptureFixture[str]) -> None:
+    """An operator's cancel has no setting to fix: the advice to resume comes once."""
+    code, err = _wait_stderr(capsys, {
+        "state": "stopped", "message": "cancelled by the operator (python -m producer --cancel "
+                                       "R1); resume with: python -m producer --resume R1 --wait"})
+    assert code == cli.EXIT_CONFIG
+    assert "fix the setting" not in err
+    assert err.count("--resume R1") == 1, err
+    assert err.endswith("run R1 stopped: cancelled by the operator (python -m producer --cancel "
+                        "R1); resume with: python -m producer --resume R1 --wait\n")
+
+
+def test_wait_on_a_stop_that_names_resume_prints_it_once(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    message = ("cannot write the CSV or its report at /x/out.csv (Not a directory): fix the "
+               "path, its folder or the free space, then python -m producer --resume R1 --wait")
+    code, err = _wait_stderr(capsys, {"state": "stopped", "message": message})
+    assert code == cli.EXIT_CONFIG
+    assert err.count("--resume") == 1, err
+    assert err.endswith(f"pacs-discovery: run R1 stopped: {message}\n")
+
+
+def test_wait_on_a_stop_for_a_setting_says_fix_then_resume(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    message = "the PACS rejected our AE title: fix DISCOVERY_CALLING_AET"
+    code, err = _wait_stderr(capsys, {"state": "stopped", "message": message})
+    assert code == cli.EXIT_CONFIG
+    assert err.endswith(f"pacs-discovery: run R1 stopped: {message}\n"
+                        "fix the setting, then: python -m producer --resume R1 --wait\n")
