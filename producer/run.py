@@ -50,6 +50,13 @@ def broker(settings: Settings) -> redis.Redis:
                                  "(redis://:PASSWORD@host:port/0)") from None
         raise PermanentError(f"the broker {mask_url(settings.broker_url)} refused our password: "
                              "fix DISCOVERY_BROKER_URL") from None
+    except redis.ResponseError as exc:
+        # Redis answered, with an error (SELECT of a database it does not have: "DB index is
+        # out of range"): waiting will not help, the URL must change.
+        hint = " (Redis has databases 0-15 unless its `databases` says otherwise)" \
+            if "DB index" in str(exc) else ""
+        raise PermanentError(f"the broker {mask_url(settings.broker_url)} refused the "
+                             f"connection: {exc}: fix DISCOVERY_BROKER_URL{hint}") from None
     except redis.RedisError as exc:
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
             raise PermanentError(f"the broker {mask_url(settings.broker_url)} has a TLS "

@@ -105,6 +105,18 @@ def test_broker_unreachable(make_cluster, nowhere, tmp_path: Path) -> None:
     assert "start Redis or fix DISCOVERY_BROKER_URL" in line
 
 
+def test_broker_database_out_of_range(make_cluster, nowhere, redis_server,
+                                      tmp_path: Path) -> None:
+    """Redis answers (SELECT 99: "DB index is out of range"): a setting to fix, exit 5 with the
+    server's words, not "cannot reach the broker" (exit 6, as if it could come back)."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/99"
+    cluster = make_cluster(nowhere, DISCOVERY_BROKER_URL=url)
+    line = check(cluster.producer(*RANGE, timeout=60), 5,
+                 f"the broker {url} refused the connection: DB index is out of range",
+                 tmp_path / OUT)
+    assert "fix DISCOVERY_BROKER_URL" in line and "cannot reach" not in line
+
+
 def test_pacs_unreachable(make_cluster, nowhere, tmp_path: Path) -> None:
     cluster = make_cluster(nowhere, DISCOVERY_CONNECT_TIMEOUT="3")
     line = check(cluster.producer(*RANGE, timeout=60), 6,
