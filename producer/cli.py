@@ -12,6 +12,7 @@ state (0 while it goes on).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import uuid
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show progress until the CSV is written, then a summary; the exit "
                         "code says whether every window was covered")
     p.add_argument("--timeout", type=float, metavar="SECONDS", default=0,
-                   help="with --wait: give up waiting after SECONDS (0 = never)")
+                   help="with --wait: give up waiting after SECONDS, 0 or more (0 = never)")
     return p
 
 
@@ -113,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.wait and (args.status or args.cancel):
         parser.error("--wait follows a new, resumed or retried run; --status and --cancel "
                      "answer at once: leave --wait out")
+    if not math.isfinite(args.timeout):
+        parser.error(f"--timeout {args.timeout:g} is not a number of seconds: give the seconds "
+                     "to wait (0 = never give up)")
+    if args.timeout < 0:
+        parser.error(f"--timeout {args.timeout:g} is negative: give the seconds to wait "
+                     "(0 = never give up)")
     if args.timeout and not args.wait:
         parser.error("--timeout limits --wait: add --wait, or leave --timeout out")
     try:
