@@ -54,6 +54,14 @@ class Bar:
             self.out.flush()
             self.last_line = now
 
+    def note(self, message: str) -> None:
+        """A line of its own (a notice while waiting), below the bar if one is drawn."""
+        if self.tty and self.drawn:
+            self.out.write("\n")
+            self.drawn = False
+        self.out.write(message + "\n")
+        self.out.flush()
+
     def done(self, state: dict) -> None:
         if state:
             if self.tty:

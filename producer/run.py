@@ -177,36 +177,59 @@ def wait(app, client: redis.Redis, run_id: str, params: dict | None, timeout: fl
         raise Interrupted(run_id) from None
 
 
+#: --wait: seconds without the aggregator registering the run before it names the aggregator's
+#: command (again every as many seconds) and sends the registration again.
+REGISTER_HINT_AFTER = 15.0
+
+
+def registered(state: dict) -> bool:
+    """Whether the aggregator has registered the run: its mirror says more than the producer's
+    own ``queued``. An empty mirror (a Redis flush, until the watchdog writes it again) is not
+    registered."""
+    return state.get("state") not in (None, "queued")
+
+
 def _wait(app, client: redis.Redis, run_id: str, params: dict | None, timeout: float) -> int:  # type: ignore[no-untyped-def]
     bar = progress.Bar(sys.stderr)
     deadline = time.monotonic() + timeout if timeout else None
     last_seen = time.monotonic()
+    hint_at = time.monotonic() + REGISTER_HINT_AFTER
+    said_waiting = False
     while True:
+        now = time.monotonic()
         try:
-            state = status.read(client, run_id)
+            state: dict | None = status.read(client, run_id)
         except redis.RedisError:
-            state = {}
-        if state.get("state") in ("running", "finished"):
-            last_seen = time.monotonic()
-        if state.get("state") == "finished" and state.get("summary"):
+            state = None
+        if state is not None and state.get("state") in ("running", "finished"):
+            last_seen = now
+        if state and state.get("state") == "finished" and state.get("summary"):
             bar.done(state)
             summary = state["summary"]
             progress.print_summary(run_id, summary, sys.stdout)
             return VERDICT_EXIT.get(summary["verdict"], 1)
-        if state.get("state") == "stopped":
+        if state and state.get("state") == "stopped":
             bar.done(state)
             print(progress.stopped_lines(run_id, str(state.get("message"))), file=sys.stderr)
             return EXIT_CONFIG
-        if state:
+        if state is not None and registered(state):
             bar.update(state)
-        if params is not None and time.monotonic() - last_seen > 15:
+            hint_at = now + REGISTER_HINT_AFTER
+        elif state is not None and not said_waiting:
+            bar.note(f"pacs-discovery: waiting for the aggregator to register run {run_id}")
+            said_waiting = True
+        elif state is not None and now >= hint_at:
+            bar.note(f"pacs-discovery: run {run_id} is still not registered: is "
+                     f"`{AGGREGATOR_COMMAND}` running, with the same DISCOVERY_BROKER_URL?")
+            hint_at = now + REGISTER_HINT_AFTER
+        if params is not None and now - last_seen > REGISTER_HINT_AFTER:
             try:
                 app.send_task("discovery.register_run", (run_id, params), queue="results")
             except Exception:  # broker down; the next round tries again
                 pass
-            last_seen = time.monotonic()
-        if deadline and time.monotonic() > deadline:
-            bar.done(state)
+            last_seen = now
+        if deadline and now > deadline:
+            bar.done(state or {})
             print(f"pacs-discovery: gave up waiting after {timeout:g} s; the run goes on: "
                   f"python -m producer --status {run_id}", file=sys.stderr)
             return EXIT_RUNNING

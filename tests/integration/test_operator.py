@@ -81,7 +81,9 @@ def test_cancel_then_resume(pacs, make_cluster, redis_server: RedisServer,
 
 def test_ctrl_c_while_waiting_names_the_run(make_cluster, tmp_path: Path) -> None:
     """Ctrl-C during --wait: the message names the run to follow, not a placeholder. A
-    one-day run enqueues "1 day sweep" (not "1 day sweeps"). Nothing consumes the queues."""
+    one-day run enqueues "1 day sweep" (not "1 day sweeps"). Nothing consumes the queues:
+    --wait says the run is not registered (not an empty bar), then how to start the
+    aggregator."""
     nowhere = SimpleNamespace(host="127.0.0.1", port=free_port(), aet="NOWHERE")
     cluster = make_cluster(nowhere)
     waiting = cluster.producer_async(*DAY, "--skip-preflight", "--wait")
@@ -92,6 +94,15 @@ def test_ctrl_c_while_waiting_names_the_run(make_cluster, tmp_path: Path) -> Non
     match = re.search(r"^run (\S+): 24 windows and 1 day sweep enqueued \(", waiting.log(),
                       re.MULTILINE)
     assert match, waiting.log()
+    # No aggregator registers the run: --wait says so, then names the command that starts it.
+    hint = (f"pacs-discovery: run {match.group(1)} is still not registered: is `celery -A "
+            "worker worker -Q results -c 1 -n aggregator@%h` running")
+    deadline = time.monotonic() + 40
+    while hint not in waiting.log() and time.monotonic() < deadline:
+        assert waiting.alive(), waiting.log()
+        time.sleep(0.5)
+    assert f"waiting for the aggregator to register run {match.group(1)}\n" in waiting.log()
+    assert hint in waiting.log() and "windows 0/0" not in waiting.log()
     waiting.signal(signal.SIGINT)
     assert waiting.proc is not None and waiting.proc.wait(30) == 1
     assert waiting.log().splitlines()[-1] == (

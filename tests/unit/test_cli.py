@@ -202,3 +202,85 @@ def test_wait_on_a_stop_for_a_setting_says_fix_then_resume(
     assert code == cli.EXIT_CONFIG
     assert err.endswith(f"pacs-discovery: run R1 stopped: {message}\n"
                         "fix the setting, then: python -m producer --resume R1 --wait\n")
+
+
+class _Clock:
+    """time for producer.run: sleep advances monotonic at once."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _Script:
+    """A Redis client whose mirror follows a script of (until this many seconds, state or an
+    exception to raise); an App that records the tasks sent."""
+
+    def __init__(self, clock: _Clock, script: list[tuple[float, object]]) -> None:
+        self.clock, self.script, self.t0 = clock, script, clock.now
+        self.sent: list[str] = []
+
+    def hgetall(self, key: str) -> dict:
+        import json
+
+        for until, state in self.script:
+            if self.clock.now - self.t0 < until:
+                if isinstance(state, Exception):
+                    raise state
+                assert isinstance(state, dict)
+                return {k: v if isinstance(v, str) else json.dumps(v) for k, v in state.items()}
+        raise AssertionError("script ran out")
+
+    def send_task(self, name: str, *args: object, **kwargs: object) -> None:
+        self.sent.append(name)
+
+
+SUMMARY = {"verdict": "complete", "reasons": [], "windows_done": 1, "windows_failed": 0,
+           "windows_incomplete": 0, "windows_split": 0, "studies": 0, "lacking_description": 0,
+           "csv": "/x.csv", "csv_rows": 0, "report": "/x.coverage.json"}
+FINISHED = {"state": "finished", "windows_total": 1, "windows_open": 0, "summary": SUMMARY}
+
+
+def _scripted_wait(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                   script: list[tuple[float, object]]) -> tuple[int, str, list[str]]:
+    from producer import run
+
+    clock = _Clock()
+    monkeypatch.setattr(run, "time", clock)
+    fake = _Script(clock, script)
+    code = run.wait(fake, fake, "R1", {"start": "x"}, 0)  # type: ignore[arg-type]
+    return code, capsys.readouterr().err, fake.sent
+
+
+def test_wait_without_aggregator_says_so_and_names_its_command(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing registers the run: not an empty bar ("windows 0/0 0%") forever, but one line
+    that the aggregator has not registered it, then every 15 s the command that starts it
+    (and the registration sent again, as before)."""
+    from producer.run import AGGREGATOR_COMMAND
+
+    code, err, sent = _scripted_wait(monkeypatch, capsys, [
+        (40.0, {"state": "queued", "target": "A->B@h:1"}), (99.0, FINISHED)])
+    assert code == cli.EXIT_OK
+    lines = err.splitlines()
+    assert "windows 0/0" not in err
+    assert lines[0] == "pacs-discovery: waiting for the aggregator to register run R1"
+    hint = (f"pacs-discovery: run R1 is still not registered: is `{AGGREGATOR_COMMAND}` "
+            "running, with the same DISCOVERY_BROKER_URL?")
+    assert lines[1:] == [hint, hint, "windows 1/1 [" + "#" * 30 + "] 100% | 0 studies | "
+                         "0.0 windows/s | ETA --:--:--"]
+    assert sent == ["discovery.register_run", "discovery.register_run"]
+
+
+def test_wait_registered_after_a_flush_keeps_sending_the_registration(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    running = {"state": "running", "windows_total": 4, "windows_open": 2}
+    code, err, sent = _scripted_wait(monkeypatch, capsys, [
+        (5.0, running), (30.0, {}), (40.0, FINISHED)])
+    assert code == cli.EXIT_OK
+    assert sent == ["discovery.register_run"]  # 15 s after the mirror went away
