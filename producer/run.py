@@ -180,6 +180,8 @@ def wait(app, client: redis.Redis, run_id: str, params: dict | None, timeout: fl
 #: --wait: seconds without the aggregator registering the run before it names the aggregator's
 #: command (again every as many seconds) and sends the registration again.
 REGISTER_HINT_AFTER = 15.0
+#: --wait: seconds of failed reads of the mirror before it says the broker is unreachable.
+BROKER_QUIET = 5.0
 
 
 def registered(state: dict) -> bool:
@@ -195,12 +197,22 @@ def _wait(app, client: redis.Redis, run_id: str, params: dict | None, timeout: f
     last_seen = time.monotonic()
     hint_at = time.monotonic() + REGISTER_HINT_AFTER
     said_waiting = False
+    unreachable_since: float | None = None
+    said_unreachable = False
     while True:
         now = time.monotonic()
         try:
             state: dict | None = status.read(client, run_id)
         except redis.RedisError:
             state = None
+            unreachable_since = unreachable_since or now
+            if not said_unreachable and now - unreachable_since >= BROKER_QUIET:
+                bar.note("pacs-discovery: broker unreachable, retrying")
+                said_unreachable = True
+        else:
+            if said_unreachable:
+                bar.note("pacs-discovery: broker reachable again")
+            unreachable_since, said_unreachable = None, False
         if state is not None and state.get("state") in ("running", "finished"):
             last_seen = now
         if state and state.get("state") == "finished" and state.get("summary"):

@@ -204,7 +204,9 @@ def test_redis_flushall_before_the_aggregator_read_the_registration(
 
 
 def test_redis_restart_mid_run(sim, make_cluster, tmp_path: Path) -> None:
-    """Redis stops and comes back empty (no persistence) on the same port."""
+    """Redis stops and comes back empty (no persistence) on the same port. The waiting
+    producer says once that the broker is unreachable (after a few seconds), and once that it
+    is back, instead of a bar frozen without a word."""
     with RedisServer(tmp_path / "redis") as broker:
         scp = sim({"delay_ms": 300})
         cluster = make_cluster(scp, DISCOVERY_REDISPATCH_AFTER="3",
@@ -213,10 +215,15 @@ def test_redis_restart_mid_run(sim, make_cluster, tmp_path: Path) -> None:
         cluster.aggregator()
         producer, _ = started_run(cluster, broker.url)
         broker.stop()
-        time.sleep(3)
+        time.sleep(7)
         broker.start()
         assert finished(producer) == 0, cluster.logs()[-5000:]
         assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    lines = producer.log().splitlines()
+    assert lines.count("pacs-discovery: broker unreachable, retrying") == 1, producer.log()
+    assert lines.count("pacs-discovery: broker reachable again") == 1, producer.log()
+    assert lines.index("pacs-discovery: broker unreachable, retrying") < lines.index(
+        "pacs-discovery: broker reachable again")
 
 
 # -- Celery redelivers, the PACS limits associations ---------------------------------------------

@@ -284,3 +284,19 @@ def test_wait_registered_after_a_flush_keeps_sending_the_registration(
         (5.0, running), (30.0, {}), (40.0, FINISHED)])
     assert code == cli.EXIT_OK
     assert sent == ["discovery.register_run"]  # 15 s after the mirror went away
+
+
+def test_wait_says_once_when_the_broker_is_unreachable_and_when_it_is_back(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Redis goes away for a minute: not a bar frozen without a word, but one line after a
+    few seconds of failed reads, and one when it answers again."""
+    import redis
+
+    running = {"state": "running", "windows_total": 4, "windows_open": 2}
+    code, err, _ = _scripted_wait(monkeypatch, capsys, [
+        (2.0, running), (62.0, redis.ConnectionError("refused")), (64.0, running),
+        (65.0, redis.ConnectionError("refused")), (66.0, FINISHED)])
+    assert code == cli.EXIT_OK
+    notices = [line for line in err.splitlines() if line.startswith("pacs-discovery:")]
+    assert notices == ["pacs-discovery: broker unreachable, retrying",
+                       "pacs-discovery: broker reachable again"]  # a 1 s blip says nothing
