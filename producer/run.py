@@ -290,7 +290,14 @@ def existing(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if action in ("resume", "retry_failed"):
         # The settings were fixed where the resume is run: from now on the run queries what
-        # this producer is configured for, and workers are checked against that.
+        # this producer is configured for, and workers are checked against that. Not refused
+        # when it differs (that is how a wrong target is fixed), but said: it may be a shell
+        # configured for another PACS by mistake.
+        before = status.published_target(client, run_id)
+        now = (settings.calling_aet, settings.pacs_label)
+        if before is not None and before != now:
+            print(f"run {run_id}: now queries {now[1]} as {now[0]} (was {before[1]} as "
+                  f"{before[0]})", flush=True)
         status.publish(client, run_id, {"target": status.target(settings)})
     state = _ask(app, client, action, run_id)
     if state.get("state") == "unknown":

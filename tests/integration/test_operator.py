@@ -40,10 +40,22 @@ def test_worker_configured_for_another_pacs_stops_the_run(pacs, make_cluster, tm
                                                   "DISCOVERY_CALLED_AET": "OTHER"})
         cluster.aggregator()
         done = cluster.producer(*DAY, "--wait", timeout=120)
-    assert done.returncode == 5, done.stdout + done.stderr
-    assert f"OTHER@127.0.0.1:{other.port}" in done.stderr
-    assert "DISCOVERY_PACS_HOST" in done.stderr and "--resume" in done.stderr
-    assert not (tmp_path / "out" / "dicom_query_results.csv").exists()
+        assert done.returncode == 5, done.stdout + done.stderr
+        assert f"OTHER@127.0.0.1:{other.port}" in done.stderr
+        assert "DISCOVERY_PACS_HOST" in done.stderr and "--resume" in done.stderr
+        assert not (tmp_path / "out" / "dicom_query_results.csv").exists()
+        # Resumed from a shell configured for the other PACS: the run follows it (README: the
+        # way to fix a wrong target), and the producer says so in one line.
+        run_id = done.stdout.split()[1].rstrip(":")
+        resumed = cluster.producer("--resume", run_id, env={
+            "DISCOVERY_PACS_PORT": str(other.port), "DISCOVERY_CALLED_AET": "OTHER"})
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert resumed.stdout.splitlines()[0] == (
+            f"run {run_id}: now queries OTHER@127.0.0.1:{other.port} as DISCOVERY (was "
+            f"{pacs.aet}@127.0.0.1:{pacs.port} as DISCOVERY)")
+        again = cluster.producer("--resume", run_id, env={
+            "DISCOVERY_PACS_PORT": str(other.port), "DISCOVERY_CALLED_AET": "OTHER"})
+        assert again.returncode == 0 and "now queries" not in again.stdout, again.stdout
 
 
 def test_cancel_then_resume(pacs, make_cluster, redis_server: RedisServer,
