@@ -114,6 +114,21 @@ def output_paths(output: Path, verdict: str) -> dict[str, Path]:
     }
 
 
+def derived_kind(output: Path) -> str | None:
+    """Which file :func:`output_paths` derives for another output has this name (``x.csv``
+    gives ``x.coverage.json``, ``x.incomplete.csv``, ``x.excel.csv``,
+    ``x.incomplete.excel.csv``), or None. Such a name as the output would overwrite another
+    run's report, incomplete CSV or spreadsheet copy."""
+    name = Path(output).name.lower()
+    if name.endswith(".coverage.json"):
+        return "coverage report"
+    if name.endswith(".excel.csv"):
+        return "spreadsheet copy"
+    if Path(name).suffix and Path(name).stem.endswith(".incomplete"):
+        return "incomplete CSV"
+    return None
+
+
 def verdict(progress: dict, day_sweep: bool, all_studies: bool = False) -> tuple[str, list[str]]:
     """``complete``, ``incomplete`` or ``no_description``, with the reasons in plain words.
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from discovery.errors import PermanentError, TransientError
+from discovery.report import derived_kind
 from discovery.settings import Settings, SettingsError, load_settings, mask_secrets, mask_url
 from discovery.windows import WindowError, parse_bound
 
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--end ({args.end}) is not after --start ({args.start}): give an end "
                          "later than the start")
         output = (args.output or settings.output).expanduser().absolute()
+        _check_name(output, "--output" if args.output else "DISCOVERY_OUTPUT")
         _check_writable(output)
         return runner.new_run(args, settings, start, end, output)
     except WindowError as exc:
@@ -170,6 +172,16 @@ class Interrupted(Exception):
 def _fail(code: int, message: str) -> int:
     print(f"pacs-discovery: {mask_secrets(message)}", file=sys.stderr)
     return code
+
+
+def _check_name(output: Path, source: str) -> None:
+    """The CSV must not take a name the tool derives from another output (its report, its
+    incomplete CSV, its spreadsheet copy): that run's file would be overwritten."""
+    kind = derived_kind(output)
+    if kind:
+        raise UsageError(f"{source} {output} is named like the {kind} of another run's output: "
+                         "choose a name that does not end in .coverage.json, .incomplete.<ext> "
+                         "or .excel.csv")
 
 
 def _check_writable(output: Path) -> None:

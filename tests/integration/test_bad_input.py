@@ -69,6 +69,9 @@ CASES = [
      "DISCOVERY_WINDOW_MINUTE is not a setting: did you mean DISCOVERY_WINDOW_MINUTES?"),
     ("unknown option", [*RANGE, "--all-studys"], {}, 2,
      "unrecognized arguments: --all-studys (see --help)"),
+    ("output named like a coverage report", [*RANGE, "--output", "out/x.coverage.json"], {}, 2,
+     "is named like the coverage report of another run's output: choose a name that does not "
+     "end in .coverage.json, .incomplete.<ext> or .excel.csv"),
     ("--resume with --start", ["--resume", "X", "--start", "2024-01-01"], {}, 2,
      "do not combine them with --resume"),
     ("--resume with --output", ["--resume", "X", "--wait", "--output", "/tmp/x.csv"], {}, 2,

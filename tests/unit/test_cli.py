@@ -300,3 +300,35 @@ def test_wait_says_once_when_the_broker_is_unreachable_and_when_it_is_back(
     notices = [line for line in err.splitlines() if line.startswith("pacs-discovery:")]
     assert notices == ["pacs-discovery: broker unreachable, retrying",
                        "pacs-discovery: broker reachable again"]  # a 1 s blip says nothing
+
+
+@pytest.mark.parametrize("name", ["x.coverage.json", "x.incomplete.csv", "x.excel.csv",
+                                  "x.incomplete.excel.csv", "x.incomplete.tsv", "X.Excel.CSV"])
+def test_output_named_like_a_derived_file(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                          name: str) -> None:
+    """`--output x.coverage.json` wrote the CSV where the run of x.csv keeps its report."""
+    argv = ["--start", "2024-01-01", "--end", "2024-01-02", "--output", str(tmp_path / name)]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"pacs-discovery: --output {tmp_path / name} is named like the ")
+    assert "choose a name that does not end in .coverage.json, .incomplete.<ext> or " \
+           ".excel.csv" in err
+
+
+def test_discovery_output_named_like_a_derived_file(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    monkeypatch.setenv("DISCOVERY_OUTPUT", str(tmp_path / "x.coverage.json"))
+    assert cli.main(["--start", "2024-01-01", "--end", "2024-01-02"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"pacs-discovery: DISCOVERY_OUTPUT {tmp_path / 'x.coverage.json'} is "
+                          "named like the coverage report")
+
+
+@pytest.mark.parametrize("name", ["x.csv", "coverage.json.csv", "incomplete.csv", "excel.csv",
+                                  "x.excel.txt", "x"])
+def test_derived_name_leaves_ordinary_names(name: str) -> None:
+    from discovery.report import derived_kind
+
+    assert derived_kind(Path(name)) is None
