@@ -201,7 +201,9 @@ def plan(start: datetime, end: datetime, minutes: int) -> list[Window]:
     estimate = (end - start).total_seconds() / step
     if estimate > MAX_WINDOWS:
         raise WindowError(f"the range holds about {int(estimate):,} windows of {minutes} "
-                          f"minutes; split it into runs of at most {MAX_WINDOWS:,}")
+                          f"minutes, more than the {MAX_WINDOWS:,} a run may have: set a longer "
+                          "DISCOVERY_WINDOW_MINUTES (at most 1440), or split the range into "
+                          "several runs, each with its own --output")
     out: list[Window] = []
     day = start.date()
     while datetime.combine(day, time()) < end:

@@ -131,7 +131,6 @@ def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: 
     from worker.app import QUERIES, RESULTS, app
     from worker.tasks import dispatch
 
-    client = broker(settings)
     params = {
         "start": start.isoformat(), "end": end.isoformat(),
         "window_minutes": settings.window_minutes, "day_sweep": settings.day_sweep,
@@ -139,7 +138,8 @@ def new_run(args: argparse.Namespace, settings: Settings, start: datetime, end: 
         "output": str(output), "pacs": settings.pacs_label, "calling_aet": settings.calling_aet,
         "pacs_max_results": settings.pacs_max_results,
     }
-    windows = planned_windows(params)
+    windows = planned_windows(params)  # a range too large is bad input: before the broker
+    client = broker(settings)
     if not args.skip_preflight:
         # Within the association cap like any worker: the PACS never sees one more.
         lease = AssociationLease(client, pacs_key("assoc", settings.pacs_host, settings.pacs_port,

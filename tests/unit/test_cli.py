@@ -48,6 +48,9 @@ def usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     (["--start", "2024-01-01T10:00", "--end", "2024-01-01T10:00"], "is not after --start"),
     (["--start", "2024-01-01", "--end", "2024-01-02", "--timeout", "soon"], "invalid float"),
     (["--start", "2024-01-01", "--end", "2024-01-02", "--frobnicate"], "unrecognized"),
+    # Before the broker is asked (it would say "cannot reach the broker", exit 6).
+    (["--start", "1000-01-01", "--end", "9000-01-01"],
+     "more than the 1,000,000 a run may have: set a longer DISCOVERY_WINDOW_MINUTES"),
     (["--start", "2024-01-01", "--end", "2024-01-02", "--wait", "--timeout", "-5"],
      "--timeout -5 is negative: give the seconds to wait (0 = never give up)"),
     (["--resume", "R1", "--wait", "--timeout=-0.5"], "--timeout -0.5 is negative"),

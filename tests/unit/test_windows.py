@@ -287,8 +287,14 @@ def test_years_outside_1000_to_9998_are_refused(text: str) -> None:
 
 
 def test_a_range_too_large_is_refused_before_planning() -> None:
-    with pytest.raises(WindowError, match="split it into runs"):
+    """The hint names both ways out: longer windows, or several runs, each with its own
+    --output (a run replaces the CSV an earlier one left at its path)."""
+    with pytest.raises(WindowError) as info:
         plan(datetime(1000, 1, 1), datetime(9000, 1, 1), 60)
+    assert str(info.value) == (
+        "the range holds about 70,126,560 windows of 60 minutes, more than the 1,000,000 a "
+        "run may have: set a longer DISCOVERY_WINDOW_MINUTES (at most 1440), or split the "
+        "range into several runs, each with its own --output")
 
 
 def test_merge_spans_joins_touching_windows_of_a_day() -> None:
