@@ -169,3 +169,29 @@ def test_load_settings_refuses_an_unknown_name_in_env_and_dotenv(
     (tmp_path / ".env").write_text("DISCOVERY_CALLING_AE=ME\n")
     with pytest.raises(SettingsError, match="DISCOVERY_CALLING_AE is not a setting"):
         load_settings()
+
+
+def test_an_empty_value_counts_as_not_set(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    """What .env.example and README say: an empty variable in the environment does not
+    override .env (its value applies), an empty one in .env gives the default; a value of
+    spaces is a value (refused where it is not valid)."""
+    from discovery.settings import SettingsError, load_settings
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("DISCOVERY_PACS_PORT", "DISCOVERY_CALLED_AET", "DISCOVERY_PACS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text("DISCOVERY_PACS_PORT=4242\nDISCOVERY_CALLED_AET=\n")
+    monkeypatch.setenv("DISCOVERY_PACS_PORT", "")
+    monkeypatch.setenv("DISCOVERY_PACS_HOST", "")
+    s = load_settings()
+    assert (s.pacs_port, s.called_aet, s.pacs_host) == (4242, "ANY-SCP", "127.0.0.1")
+    monkeypatch.setenv("DISCOVERY_PACS_PORT", " ")
+    with pytest.raises(SettingsError, match="DISCOVERY_PACS_PORT: Input should be a valid "
+                                            "integer"):
+        load_settings()
+
+
+def test_a_file_setting_of_spaces_is_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCOVERY_TLS_CA_FILE", "  ")
+    assert Settings().tls_ca_file is None
