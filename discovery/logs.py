@@ -1,8 +1,11 @@
 """Logging: one line per event, text or JSON (``DISCOVERY_LOG_FORMAT``), no patient data.
 
-Nothing we log at INFO or below carries a Patient ID, Patient Name or Accession Number: we log
-run ids, window keys, statuses and counts. pynetdicom's own loggers are held at WARNING unless
-``DISCOVERY_LOG_LEVEL=DEBUG``, because at DEBUG they print whole identifiers.
+At INFO, WARNING and ERROR no log line holds patient data (Patient ID, Patient Name, Accession
+Number): we log run ids, window keys, statuses and counts. DEBUG may: pynetdicom's own loggers
+(held at WARNING unless ``DISCOVERY_LOG_LEVEL=DEBUG``) print whole C-FIND identifiers, Celery's
+worker logs the first 1024 characters of each task message it runs (a result's message holds
+the studies found), and a worker's unexpected error is logged with its traceback, which may
+quote values.
 """
 
 from __future__ import annotations
