@@ -21,7 +21,10 @@ also runs other workers, that is CPU taken from them.
 * an acceptor's reactor (it serves requests: the simulated PACS) keeps pynetdicom's own loop,
   but its millisecond sleep between rounds waits instead until its DUL thread has done
   something (the DUL rings it each time it has nothing left to do: a request, a release or an
-  abort is then on the queues the loop looks at), at most :data:`ACCEPTOR_IDLE_WAIT` seconds.
+  abort is then on the queues the loop looks at), at most :data:`ACCEPTOR_IDLE_WAIT` seconds;
+* and one fix: closing an association's socket closes it even when ``shutdown()`` fails
+  because the peer closed first (pynetdicom then skipped the close, and the socket stayed open
+  until garbage collection; seen as a ResourceWarning after a hostile PACS's abort).
 
 Everything else is pynetdicom's own code. Only the versions it was written against (3.0.x)
 are changed: with another pynetdicom :func:`install` changes nothing and returns False, and
@@ -44,6 +47,7 @@ import pynetdicom
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom import evt
+from pynetdicom import transport as _transport
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +270,20 @@ def install() -> bool:
                 self._discovery_news.set()  # the first round looks at once
                 stock_loop(self)  # an acceptor serves requests: pynetdicom's own loop
 
+        def _shutdown_socket(self: Any) -> None:
+            sock = self.socket
+            if sock is None:
+                return
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected any more (the peer closed first): close it all the same
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+        _transport.AssociationSocket._shutdown_socket = _shutdown_socket  # type: ignore[method-assign]
         assoc_cls._run_reactor = _run_reactor  # type: ignore[method-assign]
         dul_cls.__init__ = __init__  # type: ignore[method-assign]
         dul_cls.run_reactor = run_reactor  # type: ignore[method-assign]

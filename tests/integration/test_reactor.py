@@ -181,3 +181,20 @@ def test_an_acceptor_waits_for_news_and_still_serves(monkeypatch: pytest.MonkeyP
         assert not acceptor.is_alive() and acceptor.is_aborted
     finally:
         server.stop()
+
+
+def test_closing_a_socket_whose_shutdown_fails_closes_it() -> None:
+    """pynetdicom's AssociationSocket skipped close() when shutdown() raised (the peer had
+    closed first): the socket stayed open until garbage collection, a ResourceWarning that
+    failed tests/integration/test_dimse_hostile.py now and then. reactor.install() fixes it."""
+    import socket as _socket
+    from types import SimpleNamespace
+
+    from pynetdicom.transport import AssociationSocket
+
+    reactor.install()
+    sock = _socket.socket()  # never connected: shutdown() raises ENOTCONN
+    with pytest.raises(OSError):
+        sock.shutdown(_socket.SHUT_RDWR)
+    AssociationSocket._shutdown_socket(SimpleNamespace(socket=sock))  # type: ignore[arg-type]
+    assert sock.fileno() == -1
