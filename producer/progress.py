@@ -39,8 +39,10 @@ class Bar:
         frac = done / total if total else 0.0
         fill = int(frac * self.width)
         eta = _eta(open_ / rate) if rate > 0 else "--:--:--"
+        # No window seen done since the first look (a run already finished then): no rate.
+        speed = f"{rate:.1f}" if done != self.first_done else "--"
         return (f"windows {done}/{total} [{'#' * fill}{'.' * (self.width - fill)}] "
-                f"{frac:4.0%} | {state.get('studies', 0)} studies | {rate:.1f} windows/s "
+                f"{frac:4.0%} | {state.get('studies', 0)} studies | {speed} windows/s "
                 f"| ETA {eta}")
 
     def update(self, state: dict) -> None:

@@ -276,7 +276,7 @@ def test_wait_without_aggregator_says_so_and_names_its_command(
     hint = (f"pacs-discovery: run R1 is still not registered: is `{AGGREGATOR_COMMAND}` "
             "running, with the same DISCOVERY_BROKER_URL?")
     assert lines[1:] == [hint, hint, "windows 1/1 [" + "#" * 30 + "] 100% | 0 studies | "
-                         "0.0 windows/s | ETA --:--:--"]
+                         "-- windows/s | ETA --:--:--"]
     assert sent == ["discovery.register_run", "discovery.register_run"]
 
 
@@ -335,3 +335,16 @@ def test_derived_name_leaves_ordinary_names(name: str) -> None:
     from discovery.report import derived_kind
 
     assert derived_kind(Path(name)) is None
+
+
+def test_the_bar_shows_no_rate_until_a_window_is_seen_done() -> None:
+    """A short run was already finished at the first look and ended '0.0 windows/s' (found by
+    the fresh-user helper): no rate then; once windows are seen done, their rate."""
+    import io
+
+    from producer import progress
+
+    bar = progress.Bar(io.StringIO())
+    assert "| -- windows/s |" in bar.line({"windows_total": 4, "windows_open": 4})
+    bar.started -= 2.0
+    assert "| 1.0 windows/s |" in bar.line({"windows_total": 4, "windows_open": 2})
