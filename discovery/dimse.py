@@ -369,7 +369,6 @@ class _Responses:
         # The messages of one P-DATA go on the queue together at its end, so that a final
         # response followed by anything (PS3.7 9.1.2: nothing follows it) is never taken as
         # the end of the query: what followed would be a study that query never saw.
-        self.batch = []
         try:
             self._read(primitive)
         finally:

@@ -29,10 +29,16 @@ _EXCEL_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 STALE_TMP_SECONDS = 3600
 
 
-def _atomic_write(path: Path, write, *, encoding: str = "utf-8") -> None:  # type: ignore[no-untyped-def]
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in ``path``'s folder (made if missing), named so that
+    :func:`_remove_stale_tmp` finds it if its writer is killed."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def _atomic_write(path: Path, write, *, encoding: str = "utf-8") -> None:  # type: ignore[no-untyped-def]
     _remove_stale_tmp(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     try:
         os.fchmod(fd, 0o640)
         with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
@@ -52,10 +58,9 @@ def check_writable(output: Path) -> None:
     alone do not tell (root passes every access check, and /proc or a read-only mount refuse
     files anyway)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(output))
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(output)
     os.close(fd)
     os.unlink(tmp)
 
