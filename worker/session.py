@@ -1,4 +1,5 @@
-"""One association per worker process (or pool thread), reused for many windows.
+"""One association per worker process (or pool thread), reused for many windows; or a few
+associations shared by a process's pool threads (``DISCOVERY_WORKER_ASSOCIATIONS``).
 
 Opening an association costs more than a small C-FIND (A-ASSOCIATE, two pynetdicom threads,
 A-RELEASE, and the lease's release grace): see docs/benchmarks.md, benchmark D. So a query
@@ -23,6 +24,14 @@ It closes the association (A-RELEASE, lease returned):
   leases, waiters took the slots that looked free, renewals put the old ones back);
 * on any error (aborted, never reused), and when the worker process shuts down.
 
+With ``DISCOVERY_WORKER_ASSOCIATIONS=K`` (K > 0) a worker process keeps at most K associations,
+which its pool threads share (:class:`SharedSessions`): with the threads pool and more threads
+than K, a thread has done its window's checks in Redis and waits with its C-FIND ready while
+another thread's query is at the PACS, and sends it the moment that query ends; the result
+message, the acknowledgement and the next task's checks of the thread that finished overlap
+the next query instead of lying between two queries on the association (docs/benchmarks.md,
+B). K = 0 keeps one association per pool process or thread.
+
 A reused association the PACS has dropped meanwhile (its idle timeout, a restart) fails the
 next C-FIND without a status; that one query is asked again at once on a fresh association
 before it counts as a failed attempt.
@@ -34,7 +43,8 @@ import atexit
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import redis
@@ -164,6 +174,62 @@ def session(client: redis.Redis, settings: Settings) -> Session:
         current = _local.session = Session(client, settings)
         _sessions.add(current)
     return current
+
+
+class SharedSessions:
+    """At most ``limit`` sessions of one worker process, shared by its pool threads. A thread
+    borrows one nobody else is using, an open one first (the most recently returned: under a
+    light load the others close when idle); it opens another while fewer than ``limit``
+    exist; else it waits until a thread returns one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._changed = threading.Condition()
+        self._all: list[Session] = []
+        self._free: list[Session] = []
+
+    @contextmanager
+    def borrow(self, client: redis.Redis, settings: Settings) -> Iterator[Session]:
+        with self._changed:
+            while not self._free and len(self._all) >= self.limit:
+                self._changed.wait()
+            if self._free:
+                chosen = next((s for s in reversed(self._free) if s.is_open), self._free[-1])
+                self._free.remove(chosen)
+            else:
+                chosen = Session(client, settings)
+                self._all.append(chosen)
+                _sessions.add(chosen)
+        try:
+            yield chosen
+        finally:
+            with self._changed:
+                self._free.append(chosen)
+                self._changed.notify()
+
+
+_shared: SharedSessions | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_sessions(limit: int) -> SharedSessions:
+    """This process's shared sessions (created in the pool process that first asks; the
+    setting is the same for the process's life)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = SharedSessions(limit)
+        return _shared
+
+
+def query(client: redis.Redis, settings: Settings,
+          run: Callable[[PacsConnection], dict]) -> dict:
+    """``run(conn)`` on one of this worker's associations: this thread's own
+    (``DISCOVERY_WORKER_ASSOCIATIONS=0``) or one of the process's shared ones."""
+    if settings.worker_associations <= 0:
+        return session(client, settings).query(run)
+    with shared_sessions(settings.worker_associations).borrow(client, settings) as chosen:
+        return chosen.query(run)
 
 
 def close_all(**_: object) -> None:

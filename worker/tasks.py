@@ -23,7 +23,7 @@ from discovery.retry import backoff
 from discovery.throttle import pace, pacs_key
 from discovery.windows import parse_key
 from worker.app import QUERIES, RESULTS, app, settings
-from worker.session import session
+from worker.session import query as query_pacs
 
 log = logging.getLogger("discovery.worker")
 UNKNOWN_RUN_RETRIES = 120
@@ -91,8 +91,9 @@ def query_window(self, run_id: str, key: str) -> str:  # type: ignore[no-untyped
                  s.pacs_max_queries_per_second)
             return run_window(conn, window, s)
 
-        # This process's association, kept open for the next window (worker/session.py).
-        outcome = session(client, s).query(ask)
+        # This process's (or thread's) association, kept open for the next window
+        # (worker/session.py).
+        outcome = query_pacs(client, s, ask)
     except PermanentError as exc:
         # Leave the window open: --resume sends it again once the setting is fixed.
         status.stop_run(client, run_id, str(exc))

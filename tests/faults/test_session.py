@@ -142,3 +142,42 @@ def test_as_many_workers_as_slots_keep_their_associations(sim, make_cluster, tmp
     # One association per worker process or thread, and the preflight's; at most two more for
     # a wait longer than YIELD_AFTER on a loaded machine (the churn opened 22 for 25 queries).
     assert stats["total_associations"] <= 3 + 1 + 2, stats
+
+
+def test_pool_threads_share_the_worker_associations(sim, make_cluster, tmp_path: Path) -> None:
+    """DISCOVERY_WORKER_ASSOCIATIONS=1 with four pool threads: one association for the whole
+    run, although the limit would allow three (without the setting each thread opens its
+    own)."""
+    scp = sim(delay_ms=20)
+    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="3",
+                           DISCOVERY_WORKER_ASSOCIATIONS="1",
+                           DISCOVERY_ASSOCIATION_IDLE_SECONDS="600")
+    cluster.worker(concurrency=4, pool="threads")
+    cluster.aggregator()
+    done = cluster.producer(*DAY, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    stats = scp.stats()
+    assert stats["max_concurrent_associations"] == 1, stats
+    assert (stats["total_associations"], stats["total_queries"]) == (1, QUERIES), stats
+
+
+def test_shared_associations_of_two_workers_stay_within_the_limit(sim, make_cluster,
+                                                                  tmp_path: Path) -> None:
+    """Two worker processes that would keep two associations each, three slots: the PACS
+    never sees a fourth; the process left short queries on the association it has (its
+    other threads wait in the process, its other session in the queue for a slot)."""
+    scp = sim(delay_ms=20)
+    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="3",
+                           DISCOVERY_WORKER_ASSOCIATIONS="2",
+                           DISCOVERY_ASSOCIATION_IDLE_SECONDS="600")
+    cluster.worker(concurrency=4, pool="threads")
+    cluster.worker(concurrency=4, pool="threads")
+    cluster.aggregator()
+    done = cluster.producer(*DAY, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    stats = scp.stats()
+    assert stats["max_concurrent_associations"] == 3, stats
+    assert stats["rejected_associations"] == 0, stats
+    assert stats["total_queries"] == QUERIES, stats
