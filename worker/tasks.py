@@ -37,14 +37,19 @@ def redis_client() -> redis.Redis:
 
 #: Query tasks sent to Redis in one pipeline (the first go out before the rest are built).
 DISPATCH_BATCH = 100
+#: The first pipeline is smaller: the workers start on it while the rest are built.
+FIRST_BATCH = 16
 
 
 def dispatch(run_id: str, keys: list[str]) -> None:
-    """Send one query task per window key, over one broker connection, in pipelines of
-    ``DISPATCH_BATCH`` (a transport without batches sends each at once)."""
-    with app.producer_or_acquire() as producer, producer.batch(max_size=DISPATCH_BATCH):
-        for key in keys:
-            query_window.apply_async((run_id, key), queue=QUERIES, producer=producer)
+    """Send one query task per window key, over one broker connection: the first
+    ``FIRST_BATCH`` in one pipeline, the rest in pipelines of ``DISPATCH_BATCH`` (a transport
+    without batches sends each at once)."""
+    with app.producer_or_acquire() as producer:
+        for part in (keys[:FIRST_BATCH], keys[FIRST_BATCH:]):
+            with producer.batch(max_size=DISPATCH_BATCH):
+                for key in part:
+                    query_window.apply_async((run_id, key), queue=QUERIES, producer=producer)
 
 
 def result_repr(run_id: str, key: str, outcome: dict, final: bool) -> dict[str, str]:
