@@ -1,13 +1,15 @@
 """B. Against the PACS limit: the simulated PACS (``python -m demo.simscp``) answers each C-FIND
-after a fixed delay; pacs-discovery runs with 1, 2, 4, 8 and 16 concurrent associations, with
-the Celery prefork pool and with the threads pool. The limit a PACS allows is
+after a fixed delay; pacs-discovery runs with 1, 2, 4, 8 and 16 concurrent associations, in
+three ways: the Celery prefork pool (one association per pool process), the threads pool (one
+per thread), and the threads pool with two threads per association
+(``DISCOVERY_WORKER_ASSOCIATIONS``, one worker process per CPU). The limit a PACS allows is
 ``windows x delay / associations``; we report wall time / limit.
 
 The day sweep is off here (``DISCOVERY_DAY_SWEEP=false``): the limit counts hourly windows only,
 as the issue defines it. Benchmark A runs with the day sweep on.
 
-``BENCH_B_ASSOCIATIONS=8`` and ``BENCH_B_POOLS=prefork`` (comma-separated) run only those rows:
-a quick look at one change.
+``BENCH_B_ASSOCIATIONS=8`` and ``BENCH_B_POOLS=shared`` (comma-separated; ``prefork``,
+``threads``, ``shared``) run only those rows: a quick look at one change.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from discovery.windows import Window
 DELAY_MS = 50
 PER_HOUR = 5
 START = date(2024, 1, 1)
-POOLS = ("prefork", "threads")
+POOLS = ("prefork", "threads", "shared")
 #: The keys pacs-discovery asks: the simulated PACS builds its answers to them before the run.
 PREPARE_KEYS = [e.keyword for e in study_query(Window(START, 0, 3600))]
 
@@ -74,6 +76,18 @@ class SimPacs:
             self.proc.wait(15)
 
 
+def workers_for(way: str, associations: int) -> tuple[int, str, int, int]:
+    """How ``way`` runs ``associations`` associations: worker processes, pool, threads or
+    processes per worker (``-c``) and DISCOVERY_WORKER_ASSOCIATIONS (0 = one per ``-c``)."""
+    if way == "shared":
+        processes = max(1, min(associations, os.cpu_count() or 1))
+        while associations % processes:
+            processes -= 1
+        per_process = associations // processes
+        return processes, "threads", 2 * per_process, per_process
+    return 1, way, associations, 0
+
+
 def run(scale: Scale, workdir: Path) -> Table:
     generate = {"start": START.strftime("%Y%m%d"), "days": scale.b_days, "per_hour": PER_HOUR,
                 "seed": 2}
@@ -83,7 +97,7 @@ def run(scale: Scale, workdir: Path) -> Table:
     table = Table(
         f"B. Against the PACS limit: simulated PACS, {DELAY_MS} ms per C-FIND, {scale.b_days} "
         f"days = {windows} hourly windows, {len(expected)} studies",
-        ["associations", "pool", "wall s", "limit s", "wall / limit", "CPU s ours",
+        ["associations", "workers", "wall s", "limit s", "wall / limit", "CPU s ours",
          "CPU s PACS", "CPU floor s", "CPU ms/window: worker, aggr, redis, producer",
          "PACS saw: max concurrent", "associations", "C-FINDs",
          "same studies"],
@@ -92,22 +106,30 @@ def run(scale: Scale, workdir: Path) -> Table:
     pools = [p for p in os.environ.get("BENCH_B_POOLS", "").split(",") if p] or POOLS
     with RedisServer(workdir / "redis") as redis:
         for n in counts or scale.b_associations:
-            for pool in pools:
-                wd = workdir / f"{pool}-{n}"
+            for way in pools:
+                processes, pool, concurrency, per_process = workers_for(way, n)
+                wd = workdir / f"{way}-{n}"
                 config = {"generate": generate, "delay_ms": DELAY_MS, "record_queries": False,
                           "prepare_keys": PREPARE_KEYS}
                 with SimPacs(wd / "pacs", config) as pacs:
                     env = discovery_env(redis, pacs.host, pacs.port, pacs.aet, wd,
                                         DISCOVERY_PACS_MAX_ASSOCIATIONS=str(n),
+                                        DISCOVERY_WORKER_ASSOCIATIONS=str(per_process),
                                         DISCOVERY_DAY_SWEEP="false")
                     done = run_discovery(redis, wd, env, START.isoformat(), last.isoformat(),
-                                         concurrency=n, pool=pool,
-                                         watch=[pacs.proc.pid] if pacs.proc else [])
+                                         concurrency=concurrency, pool=pool,
+                                         watch=[pacs.proc.pid] if pacs.proc else [],
+                                         workers=processes)
                     stats = pacs.stats()
+                label = f"-P {pool} -c {concurrency}"
+                if per_process:
+                    label += f", {per_process} shared"
+                if processes > 1:
+                    label = f"{processes} x ({label})"
                 limit = windows * DELAY_MS / 1000 / n
                 uids = sorted(csv_uids(done.csv))
                 floor = (done.cpu["ours"] + done.cpu["others"]) / (os.cpu_count() or 1)
-                table.add(n, pool, f"{done.seconds:.2f}", f"{limit:.2f}",
+                table.add(n, label, f"{done.seconds:.2f}", f"{limit:.2f}",
                           f"{done.seconds / limit:.2f}", f"{done.cpu['ours']:.1f}",
                           f"{done.cpu['others']:.1f}", f"{floor:.2f}",
                           ", ".join(f"{done.cpu[p] * 1000 / windows:.1f}"
@@ -119,8 +141,10 @@ def run(scale: Scale, workdir: Path) -> Table:
         "limit = windows x delay / associations; wall = `python -m producer --wait` start "
         "(workers and aggregator already ready) to CSV written, including the producer's start "
         "and preflight (one C-ECHO and one C-FIND, which also wait for the delay)",
-        "`celery -A worker worker -Q queries -c N [-P threads]`, "
-        "DISCOVERY_PACS_MAX_ASSOCIATIONS=N, DISCOVERY_DAY_SWEEP=false, `--all-studies`",
+        "workers: `celery -A worker worker -Q queries -P POOL -c C` (once per worker "
+        "process), DISCOVERY_PACS_MAX_ASSOCIATIONS=N, DISCOVERY_DAY_SWEEP=false, "
+        "`--all-studies`; 'K shared' = DISCOVERY_WORKER_ASSOCIATIONS=K: each worker process "
+        "keeps K associations for its C threads",
         "PACS saw: counted by the simulated PACS itself (max concurrent associations must not "
         "exceed N; associations opened; C-FIND requests incl. the preflight's)",
         "the simulated PACS sends each C-FIND's pendings at once and its final response "

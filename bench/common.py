@@ -107,15 +107,16 @@ def _used(before: dict[int, float], after: dict[int, float]) -> float:
 def run_discovery(redis: RedisServer, workdir: Path, env: Mapping[str, str], start: str,
                   end: str, concurrency: int, pool: str | None = None,
                   producer_args: Sequence[str] = ("--all-studies",),
-                  watch: Sequence[int] = ()) -> Discovered:
-    """Start a query worker (``-c concurrency``, ``-P pool``) and the aggregator, wait until
-    both are ready, then time ``python -m producer --start --end --wait`` from its start to its
-    exit (the CSV is written before the producer sees the run finished). CPU seconds used
-    meanwhile are counted for our processes and for the ``watch`` pids (the PACS)."""
+                  watch: Sequence[int] = (), workers: int = 1) -> Discovered:
+    """Start ``workers`` query workers (``-c concurrency``, ``-P pool``) and the aggregator,
+    wait until all are ready, then time ``python -m producer --start --end --wait`` from its
+    start to its exit (the CSV is written before the producer sees the run finished). CPU
+    seconds used meanwhile are counted for our processes and for the ``watch`` pids (the PACS)."""
     redis.client().flushall()
     out = workdir / "out" / "dicom_query_results.csv"
     with Cluster(workdir, {**plain_env(), **env}) as cluster:
-        cluster.worker(concurrency=concurrency, pool=pool)
+        for _ in range(workers):
+            cluster.worker(concurrency=concurrency, pool=pool)
         cluster.aggregator()
         cluster.wait_ready(120)
         parts = {"worker": [p.pid for p in cluster.processes if p.name == "worker"],
