@@ -334,6 +334,26 @@ def test_run_with_json_logs(stack) -> None:
         assert health.returncode == 0, health.stdout + health.stderr
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def test_threads_pool_with_shared_associations(stack) -> None:
+    """WORKER_POOL=threads with DISCOVERY_WORKER_ASSOCIATIONS (README, "Fast runs") as the
+    compose file runs the worker: one process, no pool children, the exact CSV."""
+    fast = {"WORKER_POOL": "threads", "WORKER_CONCURRENCY": "4",
+            "DISCOVERY_WORKER_ASSOCIATIONS": "2"}
+    worker = stack.start("worker", fast)
+    stack.start("aggregator")
+    done = stack.run("producer", *RUN_ARGS, "--wait", extra=fast)
+    assert done.returncode == 0, done.stdout + done.stderr + stack.logs()
+    assert read_csv(stack.output) == expected_rows(STUDIES)
+    assert _children(worker.pid) == [], "not the threads pool: the worker has pool processes"
+    health = stack.healthcheck("worker")
+    assert health.returncode == 0, health.stdout + health.stderr
+
+
 def test_sigterm_worker_loses_nothing(stack) -> None:
     """A worker stopped with SIGTERM mid-run (what `docker compose stop` sends) finishes or
     returns its windows; another worker completes the run with the exact CSV."""
