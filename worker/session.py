@@ -228,7 +228,10 @@ def query(client: redis.Redis, settings: Settings,
     (``DISCOVERY_WORKER_ASSOCIATIONS=0``) or one of the process's shared ones."""
     if settings.worker_associations <= 0:
         return session(client, settings).query(run)
-    with shared_sessions(settings.worker_associations).borrow(client, settings) as chosen:
+    # More than the PACS's limit could never be open at once: the others would only wait in
+    # the queue for a slot and make the open ones hand over (associations churn).
+    limit = min(settings.worker_associations, settings.pacs_max_associations)
+    with shared_sessions(limit).borrow(client, settings) as chosen:
         return chosen.query(run)
 
 

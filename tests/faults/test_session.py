@@ -181,3 +181,21 @@ def test_shared_associations_of_two_workers_stay_within_the_limit(sim, make_clus
     assert stats["max_concurrent_associations"] == 3, stats
     assert stats["rejected_associations"] == 0, stats
     assert stats["total_queries"] == QUERIES, stats
+
+
+def test_shared_associations_above_the_limit_are_not_opened(sim, make_cluster,
+                                                            tmp_path: Path) -> None:
+    """DISCOVERY_WORKER_ASSOCIATIONS=3 with a limit of 1: the worker keeps the one association
+    it may have (the other two sessions would only wait for a slot and make it hand over:
+    8 associations for 26 queries before)."""
+    scp = sim(delay_ms=20)
+    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="1",
+                           DISCOVERY_WORKER_ASSOCIATIONS="3",
+                           DISCOVERY_ASSOCIATION_IDLE_SECONDS="600")
+    cluster.worker(concurrency=6, pool="threads")
+    cluster.aggregator()
+    done = cluster.producer(*DAY, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    stats = scp.stats()
+    assert (stats["total_associations"], stats["total_queries"]) == (1, QUERIES), stats
