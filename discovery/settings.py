@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     watchdog_interval: float = Field(30.0, ge=1)
     association_lease: float = Field(60.0, ge=5)
     association_idle_seconds: float = Field(2.0, ge=0)
+    association_hold_seconds: float = Field(2.0, ge=0)
     worker_associations: int = Field(0, ge=0, le=256)
 
     # Logs

@@ -37,6 +37,7 @@ local clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
 # KEYS: leases (token -> expiry), waiting (token -> when it began to wait), seen (token -> its
 # last poll). ARGV: ttl, limit, token, stale (seconds without a poll: gone), queue ttl (ms).
+# Returns 1: the slot is taken; 0: waiting, first in line; -1: waiting behind others.
 _ACQUIRE = _CLOCK + """
 local key, waiting, seen = KEYS[1], KEYS[2], KEYS[3]
 local ttl, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -63,7 +64,8 @@ end
 redis.call('ZADD', seen, clock, token)
 redis.call('PEXPIRE', waiting, ARGV[5])
 redis.call('PEXPIRE', seen, ARGV[5])
-return 0
+if ahead == 0 then return 0 end
+return -1
 """
 
 # How many live waiters (polled within ARGV[2] s) began to wait more than ARGV[1] s ago.
@@ -87,7 +89,7 @@ return long_waiters(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
 # leaving here, atomically, so that the next holder checking counts its slot as handed over:
 # one waiter makes one holder leave, not all of them.
 # KEYS: leases, waiting, seen, leaving (token -> until). ARGV: longer_than, stale, limit,
-# grace, token, ttl.
+# grace, token, ttl, to_waiters ('1': hand over to long waiters; '0': only beyond the limit).
 _SHOULD_LEAVE = _CLOCK + _LONG_WAITERS_BODY + """
 local key, leaving, limit, grace, token = KEYS[1], KEYS[4], tonumber(ARGV[3]),
     tonumber(ARGV[4]), ARGV[5]
@@ -104,8 +106,11 @@ for _, t in ipairs(redis.call('ZRANGE', leaving, 0, -1)) do
     if until_ and tonumber(until_) > clock + grace then going = going + 1 end
 end
 local staying = redis.call('ZCOUNT', key, '(' .. (clock + grace), '+inf') - going
-local waiters = long_waiters(KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]))
-if staying > limit or waiters > limit - staying then
+local over = staying > limit
+if not over and ARGV[7] == '1' then
+    over = long_waiters(KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2])) > limit - staying
+end
+if over then
     redis.call('ZADD', leaving, clock + 60, token)
     redis.call('PEXPIRE', leaving, 60000)
     return 1
@@ -169,6 +174,8 @@ def long_waiters(client: redis.Redis, key: str, longer_than: float) -> int:
 #: A waiter polls at least this often (seconds): a freed slot waits at most this long for the
 #: first in line.
 MAX_POLL = 0.25
+#: The first in line polls this often (seconds): a slot handed over is unused until it does.
+HEAD_POLL = 0.02
 #: A waiter not seen polling for this long has gone (killed): it leaves the queue.
 WAITER_STALE = 10 * MAX_POLL
 #: Milliseconds the queue keys outlive their last waiter.
@@ -200,14 +207,15 @@ class AssociationLease:
         delay = 0.02
         keys = [self.key, *waiting_keys(self.key)]
         try:
-            while not self._acquire(keys=keys, args=[self.ttl, self.limit, self.token,
-                                                     WAITER_STALE, QUEUE_TTL_MS]):
+            while (got := int(self._acquire(keys=keys, args=[
+                    self.ttl, self.limit, self.token, WAITER_STALE, QUEUE_TTL_MS]))) != 1:
                 if time.monotonic() > deadline:
                     raise TransientError(
                         f"no association slot free within {self.wait:g} s "
                         "(DISCOVERY_PACS_MAX_ASSOCIATIONS reached by other workers)"
                     )
-                time.sleep(delay)
+                # First in line: the next slot is ours, take it as soon as it is free.
+                time.sleep(HEAD_POLL if got == 0 else delay)
                 delay = min(delay * 1.5, MAX_POLL)
         except BaseException:
             # A timeout, a Redis error, Ctrl-C, a task's time limit: out of the queue at once
@@ -218,14 +226,16 @@ class AssociationLease:
         self._beat.start()
         return self
 
-    def should_leave(self, longer_than: float) -> bool:
+    def should_leave(self, longer_than: float, to_waiters: bool = True) -> bool:
         """Whether this holder should hand its slot over now (see ``_SHOULD_LEAVE``): a worker
-        has waited longer than ``longer_than`` seconds and no other slot is on its way to it,
-        or more slots are held than the limit. ``True`` marks this slot as being handed over:
-        the caller must then close its association and leave the lease."""
+        has waited longer than ``longer_than`` seconds and no other slot is on its way to it
+        (only if ``to_waiters``), or more slots are held than the limit. ``True`` marks this
+        slot as being handed over: the caller must then close its association and leave the
+        lease."""
         keys = [self.key, *waiting_keys(self.key), leaving_key(self.key)]
         return bool(self._should_leave(keys=keys, args=[
-            longer_than, WAITER_STALE, self.limit, self.RELEASE_GRACE, self.token, self.ttl]))
+            longer_than, WAITER_STALE, self.limit, self.RELEASE_GRACE, self.token, self.ttl,
+            "1" if to_waiters else "0"]))
 
     def _leave_queue(self) -> None:
         try:

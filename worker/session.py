@@ -12,14 +12,19 @@ It closes the association (A-RELEASE, lease returned):
 * after ``DISCOVERY_ASSOCIATION_IDLE_SECONDS`` without a query (0 = after every window, the
   old behaviour); keep it below the PACS's own idle timeout (Orthanc: 5 s);
 * after a query, or while idle, when another worker has waited for a slot longer than
-  ``YIELD_AFTER`` and no other slot is on its way to it (waiters queue in Redis, first come
+  ``YIELD_AFTER`` and no other slot is on its way to it, once this one has held its slot for
+  ``DISCOVERY_ASSOCIATION_HOLD_SECONDS`` (while idle, without waiting for that: it has no
+  work to hold the slot for) (waiters queue in Redis, first come
   first served; Redis decides which holder leaves, so one waiter costs one hand-over), so
   workers that outnumber the slots take turns instead of waiting until the queue is empty.
   A shorter wait is no reason to hand over: a slot stays taken for a moment after each
   release (``AssociationLease.RELEASE_GRACE``), so as many workers as slots see short waits,
   and if each of them made every holder release, each release would make its releaser wait in
   turn: associations churned and the workers queried one after another (benchmark A: 4
-  workers ran at the pace of 1.2);
+  workers ran at the pace of 1.2). The hold time is for the same reason: a hand-over leaves
+  the slot unused for a moment (the release grace, the waiter's next poll, A-ASSOCIATE), and
+  when workers always wait (16 of them for 2 slots) a hand-over after every query left the
+  slots unused most of the time (about 5 times the PACS's limit in wall time);
 * after a query, or while idle, when more slots are held than the limit (Redis lost the
   leases, waiters took the slots that looked free, renewals put the old ones back);
 * on any error (aborted, never reused), and when the worker process shuts down.
@@ -59,8 +64,9 @@ if TYPE_CHECKING:
 #: A holder hands its slot over after a query only to a worker that has waited this long:
 #: longer than a wait for a slot in its release grace (0.1 s; waiters poll every 20-250 ms).
 YIELD_AFTER = 0.5
-#: An idle association looks for long waiters this often (seconds).
-WAITERS_CHECK = 0.25
+#: An idle association looks for long waiters this often (seconds); one idle this long has no
+#: work to hold its slot for and hands it over to a long waiter at once.
+WAITERS_CHECK = 0.1
 
 
 class Session:
@@ -74,6 +80,7 @@ class Session:
         self.conn: PacsConnection | None = None
         self.lease: AssociationLease | None = None
         self.last_used = 0.0
+        self.held_since = 0.0
         self._closer: threading.Thread | None = None
         self._wake = threading.Event()
 
@@ -118,17 +125,23 @@ class Session:
             lease.__exit__(None, None, None)
             raise
         self.conn, self.lease = conn, lease
+        self.held_since = time.monotonic()
         return conn
 
-    def _should_hand_over(self) -> bool:
+    def _should_hand_over(self, idle: bool = False) -> bool:
         """Whether to hand this association's slot over now: a worker has waited for a slot
-        longer than ``YIELD_AFTER`` and no other holder is handing one over to it already, or
-        more slots are held than the limit (Redis lost leases). Decided in Redis, atomically
-        with the other holders' checks: one waiter makes one holder leave."""
+        longer than ``YIELD_AFTER``, no other holder is handing one over to it already, and
+        this one has held its slot for ``DISCOVERY_ASSOCIATION_HOLD_SECONDS`` or is ``idle``
+        (no query for a while: no work to hold it for); or more slots are held than the limit
+        (Redis lost leases: at once). Decided in Redis, atomically with the other holders'
+        checks: one waiter makes one holder leave."""
         if self.lease is None:
             return False
+        held = time.monotonic() - self.held_since
         try:
-            return self.lease.should_leave(YIELD_AFTER)
+            return self.lease.should_leave(
+                YIELD_AFTER,
+                to_waiters=idle or held >= self.settings.association_hold_seconds)
         except redis.RedisError:
             return True  # cannot tell: do not keep a slot someone may need
 
@@ -156,8 +169,10 @@ class Session:
             with self.lock:
                 if self.conn is None:
                     return
-                left = self.last_used + idle - time.monotonic()
-                if left <= 0 or self._should_hand_over():
+                now = time.monotonic()
+                left = self.last_used + idle - now
+                if left <= 0 or self._should_hand_over(
+                        idle=now - self.last_used >= WAITERS_CHECK):
                     self.close()
                     return
             self._wake.wait(min(left, WAITERS_CHECK))

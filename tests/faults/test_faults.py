@@ -244,10 +244,11 @@ def test_visibility_timeout_shorter_than_a_slow_task(sim, make_cluster, tmp_path
 
 def test_eight_processes_never_exceed_two_associations(sim, make_cluster,
                                                        tmp_path: Path) -> None:
-    """Many hand-overs (50 short C-FINDs): a slot is free again only once the PACS has let go
-    of the association, a few milliseconds after our A-RELEASE."""
+    """Many hand-overs (50 short C-FINDs, no hold time): a slot is free again only once the
+    PACS has let go of the association, a few milliseconds after our A-RELEASE."""
     scp = sim({"delay_ms": 100, "max_associations": 2})
-    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="2")
+    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="2",
+                           DISCOVERY_ASSOCIATION_HOLD_SECONDS="0")
     cluster.worker(concurrency=4)
     cluster.worker(concurrency=4)
     cluster.aggregator()

@@ -199,3 +199,28 @@ def test_shared_associations_above_the_limit_are_not_opened(sim, make_cluster,
     assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
     stats = scp.stats()
     assert (stats["total_associations"], stats["total_queries"]) == (1, QUERIES), stats
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_workers_that_always_wait_hand_over_after_the_hold_time(sim, make_cluster,
+                                                                tmp_path: Path,
+                                                                pool: str) -> None:
+    """Sixteen pool processes or threads for two slots, 125 queries: the waiters have always
+    waited long, so a hand-over after every query opened about one association per query
+    (107 for 125), each leaving its slot unused for a moment. A holder keeps its slot for
+    the hold time (2 s) first, unless it is idle: each of the 16 gets a slot for the window
+    it holds, and a few more hand-overs while the windows last."""
+    scp = sim(delay_ms=50)
+    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="2",
+                           DISCOVERY_ASSOCIATION_IDLE_SECONDS="600")
+    cluster.worker(concurrency=8, pool=pool)
+    cluster.worker(concurrency=8, pool=pool)
+    cluster.aggregator()
+    days = ("--start", "2024-01-01", "--end", "2024-01-05", "--skip-preflight", "--wait")
+    done = cluster.producer(*days, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    stats = scp.stats()
+    assert stats["max_concurrent_associations"] == 2, stats
+    assert stats["total_queries"] == 5 * QUERIES, stats
+    assert stats["total_associations"] <= 50, stats

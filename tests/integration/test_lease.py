@@ -189,3 +189,22 @@ def test_pace_spaces_queries_across_callers(redis_server: RedisServer, broker_ur
     first, second, third = sorted(released)
     # 0.1 s apart, give or take the jitter of one Redis round trip
     assert 0.08 < second - first < 0.12 and 0.08 < third - second < 0.12, released
+
+
+def test_the_first_in_line_is_told_so(redis_server: RedisServer, broker_url: str) -> None:
+    """The acquire script tells a waiter whether it is first in line (it then polls every
+    HEAD_POLL seconds, so that a slot handed over is not left unused until its next poll)
+    or behind others (it backs off up to MAX_POLL)."""
+    client = redis_server.client()
+    with AssociationLease(client, KEY, 1, ttl=30, wait=0):
+        first, second = (AssociationLease(client, KEY, 1, ttl=30, wait=0) for _ in range(2))
+        keys = [KEY, *waiting_keys(KEY)]
+
+        def poll(lease: AssociationLease) -> int:
+            return int(lease._acquire(keys=keys, args=[30, 1, lease.token, WAITER_STALE,
+                                                       60_000]))
+
+        assert [poll(first), poll(second), poll(first), poll(second)] == [0, -1, 0, -1]
+        first._leave_queue()
+        assert poll(second) == 0
+        second._leave_queue()
