@@ -1,10 +1,11 @@
-"""``python -m bench [A|B|C|D|E ...] [--quick] [--workdir DIR]``: run benchmarks, print tables.
+"""``python -m bench [A|B|C|D|E|F ...] [--quick] [--workdir DIR]``: run benchmarks, print tables.
 
 A: against the seed's sequential way and a findscu loop (Orthanc, 7 days x 500 studies).
 B: against the PACS limit (simulated PACS, 50 ms per C-FIND, 1 to 16 associations).
 C: the aggregator (100k and 1M studies through Redis, the aggregator and the CSV).
 D: milliseconds per C-FIND of our client against findscu.
 E: CPU of a process holding 1 or 8 associations, pynetdicom's polling against reactor.py.
+F: workers that outnumber the association slots (16 pool processes or threads for 2).
 Results, commands and dates: docs/benchmarks.md."""
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from pathlib import Path
 from bench.common import SCALES, Table, git_revision
 
 MODULES = {"A": "bench.a_seed", "B": "bench.b_limit", "C": "bench.c_aggregator",
-           "D": "bench.d_client", "E": "bench.e_polling"}
+           "D": "bench.d_client", "E": "bench.e_polling", "F": "bench.f_contention"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     # No argparse choices: with nargs="*" they reject the empty default (run all).
-    parser.add_argument("which", nargs="*", metavar="A|B|C|D|E",
+    parser.add_argument("which", nargs="*", metavar="A|B|C|D|E|F",
                         help="benchmarks to run (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, to check that everything works")

@@ -32,12 +32,13 @@ class Scale:
     b_associations: tuple[int, ...] = (1, 2, 4, 8, 16)
     c_sizes: tuple[int, ...] = (100_000, 1_000_000)
     d_queries: int = 200
+    f_days: int = 20
 
 
 SCALES = {
     "full": Scale("full"),
     "quick": Scale("quick", a_days=1, a_per_day=100, b_days=2, b_associations=(1, 4),
-                   c_sizes=(10_000, 50_000), d_queries=30),
+                   c_sizes=(10_000, 50_000), d_queries=30, f_days=2),
 }
 
 
