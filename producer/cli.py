@@ -15,6 +15,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -197,6 +198,16 @@ def _check_writable(output: Path) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write the CSV: {folder} is not writable "
                          "(choose another --output or DISCOVERY_OUTPUT)")
+    # Permission bits do not tell all (root passes every access check, /proc and read-only
+    # mounts refuse files anyway): a file made and removed at once does.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pacs-discovery-check-", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"cannot write the CSV: no file can be made in {folder} "
+                         f"({exc.strerror}): choose another --output or DISCOVERY_OUTPUT"
+                         ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def new_run_id() -> str:

@@ -110,6 +110,17 @@ def test_output_folder_not_writable(capsys: pytest.CaptureFixture[str], tmp_path
     assert "DISCOVERY_OUTPUT" in err
 
 
+def test_output_where_no_file_can_be_made(capsys: pytest.CaptureFixture[str]) -> None:
+    """/proc passes the access check as root, and refuses files: exit 2 before anything is
+    enqueued (the run was enqueued, exit 0, and stopped later by the aggregator)."""
+    argv = ["--start", "2024-01-01", "--end", "2024-01-02", "--output", "/proc/nope/out.csv"]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "pacs-discovery: cannot write the CSV: no file can be made in /proc ")
+    assert "DISCOVERY_OUTPUT" in err
+
+
 def test_help_lists_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["--help"])
