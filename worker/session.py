@@ -81,6 +81,7 @@ class Session:
         self.lease: AssociationLease | None = None
         self.last_used = 0.0
         self.held_since = 0.0
+        self._checked = 0.0
         self._closer: threading.Thread | None = None
         self._wake = threading.Event()
 
@@ -104,7 +105,7 @@ class Session:
                 raise
             self.last_used = time.monotonic()
             if (not self.is_open or self.settings.association_idle_seconds <= 0
-                    or self._should_hand_over()):
+                    or (self._check_due() and self._should_hand_over())):
                 self.close()
             else:
                 self._start_closer()
@@ -127,6 +128,17 @@ class Session:
         self.conn, self.lease = conn, lease
         self.held_since = time.monotonic()
         return conn
+
+    def _check_due(self) -> bool:
+        """Whether to ask Redis after this query: always once the hold time is over (a waiter
+        may be due its turn); before that only every ``WAITERS_CHECK`` seconds, for slots
+        held beyond the limit (Redis lost leases): a round trip less between most queries."""
+        now = time.monotonic()
+        if (now - self.held_since < self.settings.association_hold_seconds
+                and now - self._checked < WAITERS_CHECK):
+            return False
+        self._checked = now
+        return True
 
     def _should_hand_over(self, idle: bool = False) -> bool:
         """Whether to hand this association's slot over now: a worker has waited for a slot
