@@ -144,20 +144,26 @@ def test_as_many_workers_as_slots_keep_their_associations(sim, make_cluster, tmp
     assert stats["total_associations"] <= 3 + 1 + 2, stats
 
 
+def run_workers(scp: Sim, make_cluster, tmp_path: Path, workers: int, concurrency: int,  # type: ignore[no-untyped-def]
+                pool: str, args: tuple[str, ...] = DAY, **env: str) -> dict[str, Any]:
+    """``workers`` query workers (``-P pool -c concurrency``) and the aggregator with ``env``
+    (association idle time 600 s): the run must give the exact CSV; the PACS's stats."""
+    cluster = make_cluster(scp, DISCOVERY_ASSOCIATION_IDLE_SECONDS="600", **env)
+    for _ in range(workers):
+        cluster.worker(concurrency=concurrency, pool=pool)
+    cluster.aggregator()
+    done = cluster.producer(*args, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
+    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
+    return scp.stats()
+
+
 def test_pool_threads_share_the_worker_associations(sim, make_cluster, tmp_path: Path) -> None:
     """DISCOVERY_WORKER_ASSOCIATIONS=1 with four pool threads: one association for the whole
     run, although the limit would allow three (without the setting each thread opens its
     own)."""
-    scp = sim(delay_ms=20)
-    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="3",
-                           DISCOVERY_WORKER_ASSOCIATIONS="1",
-                           DISCOVERY_ASSOCIATION_IDLE_SECONDS="600")
-    cluster.worker(concurrency=4, pool="threads")
-    cluster.aggregator()
-    done = cluster.producer(*DAY, timeout=150)
-    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
-    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
-    stats = scp.stats()
+    stats = run_workers(sim(delay_ms=20), make_cluster, tmp_path, 1, 4, "threads",
+                        DISCOVERY_PACS_MAX_ASSOCIATIONS="3", DISCOVERY_WORKER_ASSOCIATIONS="1")
     assert stats["max_concurrent_associations"] == 1, stats
     assert (stats["total_associations"], stats["total_queries"]) == (1, QUERIES), stats
 
@@ -167,17 +173,8 @@ def test_shared_associations_of_two_workers_stay_within_the_limit(sim, make_clus
     """Two worker processes that would keep two associations each, three slots: the PACS
     never sees a fourth; the process left short queries on the association it has (its
     other threads wait in the process, its other session in the queue for a slot)."""
-    scp = sim(delay_ms=20)
-    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="3",
-                           DISCOVERY_WORKER_ASSOCIATIONS="2",
-                           DISCOVERY_ASSOCIATION_IDLE_SECONDS="600")
-    cluster.worker(concurrency=4, pool="threads")
-    cluster.worker(concurrency=4, pool="threads")
-    cluster.aggregator()
-    done = cluster.producer(*DAY, timeout=150)
-    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
-    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
-    stats = scp.stats()
+    stats = run_workers(sim(delay_ms=20), make_cluster, tmp_path, 2, 4, "threads",
+                        DISCOVERY_PACS_MAX_ASSOCIATIONS="3", DISCOVERY_WORKER_ASSOCIATIONS="2")
     assert stats["max_concurrent_associations"] == 3, stats
     assert stats["rejected_associations"] == 0, stats
     assert stats["total_queries"] == QUERIES, stats
@@ -188,16 +185,8 @@ def test_shared_associations_above_the_limit_are_not_opened(sim, make_cluster,
     """DISCOVERY_WORKER_ASSOCIATIONS=3 with a limit of 1: the worker keeps the one association
     it may have (the other two sessions would only wait for a slot and make it hand over:
     8 associations for 26 queries before)."""
-    scp = sim(delay_ms=20)
-    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="1",
-                           DISCOVERY_WORKER_ASSOCIATIONS="3",
-                           DISCOVERY_ASSOCIATION_IDLE_SECONDS="600")
-    cluster.worker(concurrency=6, pool="threads")
-    cluster.aggregator()
-    done = cluster.producer(*DAY, timeout=150)
-    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
-    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
-    stats = scp.stats()
+    stats = run_workers(sim(delay_ms=20), make_cluster, tmp_path, 1, 6, "threads",
+                        DISCOVERY_PACS_MAX_ASSOCIATIONS="1", DISCOVERY_WORKER_ASSOCIATIONS="3")
     assert (stats["total_associations"], stats["total_queries"]) == (1, QUERIES), stats
 
 
@@ -210,17 +199,9 @@ def test_workers_that_always_wait_hand_over_after_the_hold_time(sim, make_cluste
     (107 for 125), each leaving its slot unused for a moment. A holder keeps its slot for
     the hold time (2 s) first, unless it is idle: each of the 16 gets a slot for the window
     it holds, and a few more hand-overs while the windows last."""
-    scp = sim(delay_ms=50)
-    cluster = make_cluster(scp, DISCOVERY_PACS_MAX_ASSOCIATIONS="2",
-                           DISCOVERY_ASSOCIATION_IDLE_SECONDS="600")
-    cluster.worker(concurrency=8, pool=pool)
-    cluster.worker(concurrency=8, pool=pool)
-    cluster.aggregator()
     days = ("--start", "2024-01-01", "--end", "2024-01-05", "--skip-preflight", "--wait")
-    done = cluster.producer(*days, timeout=150)
-    assert done.returncode == 0, done.stdout + done.stderr + cluster.logs()[-5000:]
-    assert csv_rows(tmp_path) == expected_rows(SIM_DAY)
-    stats = scp.stats()
+    stats = run_workers(sim(delay_ms=50), make_cluster, tmp_path, 2, 8, pool, days,
+                        DISCOVERY_PACS_MAX_ASSOCIATIONS="2")
     assert stats["max_concurrent_associations"] == 2, stats
     assert stats["total_queries"] == 5 * QUERIES, stats
     assert stats["total_associations"] <= 50, stats
