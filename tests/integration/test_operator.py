@@ -4,7 +4,6 @@ not query, and Flower started without credentials."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -192,21 +191,25 @@ def _stopped(cluster, run_id: str) -> str:  # type: ignore[no-untyped-def]
         time.sleep(0.5)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="as a user the producer refuses /proc itself "
-                    "(its access check, tests/unit/test_cli.py)")
 def test_an_output_the_aggregator_cannot_write_stops_the_run_at_registration(
         pacs, make_cluster, tmp_path: Path) -> None:
-    """Found by a new user: as root, /proc passes every access check but takes no file; the run
-    queried the whole range, then stopped at the end. The aggregator now tries the folder when
-    it registers the run (no query worker runs here: before, the run never stopped), and a
-    resume that has not fixed it stops again at once."""
+    """Found by a new user: an output the producer could write but the aggregator cannot (here
+    the folder became a file after the producer's check; also another machine's or
+    container's view) was found only after the whole range was queried. The aggregator tries
+    the folder when it registers the run (no query worker runs here: before, the run never
+    stopped), and a resume that has not fixed it stops again at once."""
+    folder = tmp_path / "later-a-file"
+    folder.mkdir()
+    output = folder / "out.csv"
     cluster = make_cluster(pacs)
-    cluster.aggregator()
-    started = cluster.producer(*DAY, "--output", "/proc/pacs-discovery-test.csv")
+    started = cluster.producer(*DAY, "--output", str(output))
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.split()[1].rstrip(":")
+    folder.rmdir()
+    folder.write_text("not a folder")
+    cluster.aggregator()
     out = _stopped(cluster, run_id)
-    assert "cannot write the CSV or its report at /proc/pacs-discovery-test.csv" in out
+    assert f"cannot write the CSV or its report at {output}" in out
     resumed = cluster.producer("--resume", run_id)
     assert resumed.returncode == 0, resumed.stderr
     assert "cannot write the CSV" in _stopped(cluster, run_id)
