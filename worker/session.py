@@ -175,7 +175,9 @@ class Session:
     def _close_when_idle(self) -> None:
         """Close after the idle time, or as soon as a worker has waited long for a slot: the
         check after each query misses a worker that began to wait shortly before this
-        session's last query of a while."""
+        session's last query of a while. Only an association without a query for
+        ``WAITERS_CHECK`` asks Redis: a busy one is checked after its queries, and this
+        thread's round trip, with the session's lock held, would lie between two of them."""
         idle = self.settings.association_idle_seconds
         while True:
             with self.lock:
@@ -183,11 +185,13 @@ class Session:
                     return
                 now = time.monotonic()
                 left = self.last_used + idle - now
-                if left <= 0 or self._should_hand_over(
-                        idle=now - self.last_used >= WAITERS_CHECK):
+                quiet = now - self.last_used
+                if left <= 0 or (quiet >= WAITERS_CHECK and self._should_hand_over(idle=True)):
                     self.close()
                     return
-            self._wake.wait(min(left, WAITERS_CHECK))
+            # Next look: WAITERS_CHECK after the last, or once the last query is that old.
+            self._wake.wait(min(left, WAITERS_CHECK if quiet >= WAITERS_CHECK
+                                else WAITERS_CHECK - quiet))
 
 
 _local = threading.local()
