@@ -60,7 +60,13 @@ def check_writable(output: Path) -> None:
     output = Path(output)
     if output.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(output))
-    fd, tmp = _temp_beside(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    probe_folder(output.parent)
+
+
+def probe_folder(folder: Path) -> None:
+    """Make a file in ``folder`` and remove it at once (an ``OSError`` says why not)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pacs-discovery-check-", suffix=".tmp")
     os.close(fd)
     os.unlink(tmp)
 

@@ -15,14 +15,13 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
 from discovery.errors import PermanentError, TransientError
-from discovery.report import derived_kind
+from discovery.report import derived_kind, probe_folder
 from discovery.settings import Settings, SettingsError, load_settings, mask_secrets, mask_url
 from discovery.windows import WindowError, parse_bound
 
@@ -201,13 +200,11 @@ def _check_writable(output: Path) -> None:
     # Permission bits do not tell all (root passes every access check, /proc and read-only
     # mounts refuse files anyway): a file made and removed at once does.
     try:
-        fd, probe = tempfile.mkstemp(prefix=".pacs-discovery-check-", dir=folder)
+        probe_folder(folder)
     except OSError as exc:
         raise UsageError(f"cannot write the CSV: no file can be made in {folder} "
                          f"({exc.strerror}): choose another --output or DISCOVERY_OUTPUT"
                          ) from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def new_run_id() -> str:

@@ -105,7 +105,7 @@ class Session:
                 raise
             self.last_used = time.monotonic()
             if (not self.is_open or self.settings.association_idle_seconds <= 0
-                    or (self._check_due() and self._should_hand_over())):
+                    or self._hand_over_after_query()):
                 self.close()
             else:
                 self._start_closer()
@@ -129,31 +129,27 @@ class Session:
         self.held_since = time.monotonic()
         return conn
 
-    def _check_due(self) -> bool:
-        """Whether to ask Redis after this query: always once the hold time is over (a waiter
-        may be due its turn); before that only every ``WAITERS_CHECK`` seconds, for slots
-        held beyond the limit (Redis lost leases): a round trip less between most queries."""
+    def _hand_over_after_query(self) -> bool:
+        """Whether to hand the slot over after a query. Once the hold time is over a waiter
+        may be due its turn: Redis is asked every time; before that only every
+        ``WAITERS_CHECK`` seconds, and only for slots held beyond the limit (Redis lost
+        leases): a round trip less between most queries."""
         now = time.monotonic()
-        if (now - self.held_since < self.settings.association_hold_seconds
-                and now - self._checked < WAITERS_CHECK):
+        held_long = now - self.held_since >= self.settings.association_hold_seconds
+        if not held_long and now - self._checked < WAITERS_CHECK:
             return False
         self._checked = now
-        return True
+        return self._should_hand_over(to_waiters=held_long)
 
-    def _should_hand_over(self, idle: bool = False) -> bool:
-        """Whether to hand this association's slot over now: a worker has waited for a slot
-        longer than ``YIELD_AFTER``, no other holder is handing one over to it already, and
-        this one has held its slot for ``DISCOVERY_ASSOCIATION_HOLD_SECONDS`` or is ``idle``
-        (no query for a while: no work to hold it for); or more slots are held than the limit
-        (Redis lost leases: at once). Decided in Redis, atomically with the other holders'
-        checks: one waiter makes one holder leave."""
+    def _should_hand_over(self, to_waiters: bool) -> bool:
+        """Whether to hand this association's slot over now: ``to_waiters`` and a worker has
+        waited for a slot longer than ``YIELD_AFTER`` and no other holder is handing one over
+        to it already; or more slots are held than the limit (Redis lost leases). Decided in
+        Redis, atomically with the other holders' checks: one waiter makes one holder leave."""
         if self.lease is None:
             return False
-        held = time.monotonic() - self.held_since
         try:
-            return self.lease.should_leave(
-                YIELD_AFTER,
-                to_waiters=idle or held >= self.settings.association_hold_seconds)
+            return self.lease.should_leave(YIELD_AFTER, to_waiters=to_waiters)
         except redis.RedisError:
             return True  # cannot tell: do not keep a slot someone may need
 
@@ -183,10 +179,11 @@ class Session:
             with self.lock:
                 if self.conn is None:
                     return
-                now = time.monotonic()
-                left = self.last_used + idle - now
-                quiet = now - self.last_used
-                if left <= 0 or (quiet >= WAITERS_CHECK and self._should_hand_over(idle=True)):
+                quiet = time.monotonic() - self.last_used
+                left = idle - quiet
+                # Idle: no work to hold the slot for, whatever the hold time.
+                if left <= 0 or (quiet >= WAITERS_CHECK
+                                 and self._should_hand_over(to_waiters=True)):
                     self.close()
                     return
             # Next look: WAITERS_CHECK after the last, or once the last query is that old.
@@ -216,20 +213,20 @@ class SharedSessions:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._changed = threading.Condition()
-        self._all: list[Session] = []
+        self._made = 0  # sessions of this process; the free ones are in _free
         self._free: list[Session] = []
 
     @contextmanager
     def borrow(self, client: redis.Redis, settings: Settings) -> Iterator[Session]:
         with self._changed:
-            while not self._free and len(self._all) >= self.limit:
+            while not self._free and self._made >= self.limit:
                 self._changed.wait()
             if self._free:
                 chosen = next((s for s in reversed(self._free) if s.is_open), self._free[-1])
                 self._free.remove(chosen)
             else:
                 chosen = Session(client, settings)
-                self._all.append(chosen)
+                self._made += 1
                 _sessions.add(chosen)
         try:
             yield chosen

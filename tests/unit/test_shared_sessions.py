@@ -64,7 +64,7 @@ def test_an_open_session_is_borrowed_before_a_closed_one() -> None:
     with shared.borrow(client, settings) as again:
         assert again is a
     opened = _Open(client, settings)
-    shared._all.append(opened)
+    shared._made += 1
     shared._free.insert(0, opened)  # returned before the closed ones
     with shared.borrow(client, settings) as chosen:
         assert chosen is opened
